@@ -1,0 +1,271 @@
+"""Load and save LingBot-World DiT checkpoints in their released layout.
+
+A model directory holds a diffusers `config.json` and either sharded safetensors with
+`diffusion_pytorch_model.safetensors.index.json`, a single `diffusion_pytorch_model.safetensors`,
+or `.pth` state dicts. A release root holds the base experts `high_noise_model/` and
+`low_noise_model/` (the high-noise expert runs for t >= 947) and optionally
+`lingbot_world_fast/`. Validation is strict and happens before any weight is read: errors
+name the missing, unexpected and mis-shaped keys and the file they came from.
+
+The model is built on the meta device and materialised once on the target device, so the
+18.5B model is never allocated twice; each stored tensor (fp32 or bf16) is cast on copy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .dit import CausalWanModel
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = WEIGHTS_NAME + ".index.json"
+HIGH_NOISE_DIR, LOW_NOISE_DIR, FAST_DIR = "high_noise_model", "low_noise_model", "lingbot_world_fast"
+EXPERT_BOUNDARY_T = 947.0   # boundary 0.947 x 1000 train timesteps (upstream wan_i2v_A14B.py)
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the keys."""
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _listing(keys) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """The model's `config.json`. The control type comes from the config when present,
+    else from the directory name as upstream picks it ('cam' in name, elif 'act' in name)."""
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: no {CONFIG_NAME} (expected a diffusers model directory)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    try:
+        cfg = ModelConfig.from_diffusers(raw, source=str(path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return cfg
+
+
+def list_stored_tensors(model_dir: Path) -> dict[str, StoredTensor]:
+    """Names, shapes and files of the stored tensors, from headers only (no weights read)."""
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({exc})") from None
+        files = sorted({model_dir / name for name in weight_map.values()})
+    elif (model_dir / WEIGHTS_NAME).is_file():
+        weight_map, files = None, [model_dir / WEIGHTS_NAME]
+    else:
+        files = sorted(model_dir.glob("*.pth")) + sorted(model_dir.glob("*.pt"))
+        if not files:
+            raise CheckpointError(f"{model_dir}: no {INDEX_NAME}, {WEIGHTS_NAME} or .pth weights found")
+        return _list_pth(files)
+    stored: dict[str, StoredTensor] = {}
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"{index}: shard {file.name} is listed but missing")
+        try:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    sl = f.get_slice(key)
+                    if key in stored:
+                        raise CheckpointError(f"{file}: key {key} also stored in {stored[key].file.name}")
+                    stored[key] = StoredTensor(file, tuple(sl.get_shape()), sl.get_dtype())
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
+    if weight_map is not None:
+        for key, name in weight_map.items():
+            if key not in stored:
+                raise CheckpointError(f"{index}: key {key} mapped to {name} but not stored there")
+    return stored
+
+
+def _load_pth(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{file}: unreadable .pth file ({exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file}: expected a state dict of tensors")
+    return state
+
+
+def _list_pth(files: list[Path]) -> dict[str, StoredTensor]:
+    stored = {}
+    for file in files:
+        for key, t in _load_pth(file).items():
+            stored[key] = StoredTensor(file, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+    return stored
+
+
+def validate(model: nn.Module, stored: dict[str, StoredTensor], source: Path) -> None:
+    """Every parameter present with its shape, nothing extra. Raises CheckpointError."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = expected.keys() - stored.keys()
+    unexpected = stored.keys() - expected.keys()
+    misshaped = [f"{k} ({stored[k].file.name}: stored {list(stored[k].shape)}, model {list(expected[k])})"
+                 for k in sorted(expected.keys() & stored.keys()) if stored[k].shape != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+    if unexpected:
+        files = sorted({stored[k].file.name for k in unexpected})
+        problems.append(f"{len(unexpected)} unexpected keys (in {', '.join(files)}): {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped keys: {'; '.join(misshaped[:_MAX_LISTED])}")
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint does not match the model config\n  " + "\n  ".join(problems))
+
+
+def _infer_control_type(cfg: ModelConfig, model_dir: Path, stored: dict[str, StoredTensor]) -> ModelConfig:
+    """Control type when config.json does not say: by the camera embedding's width
+    (384*4 = cam, 448*4 = act), which cannot be wrong, then upstream's directory-name rule."""
+    key = "patch_embedding_wancamctrl.weight"
+    if key in stored:
+        by_width = {384 * cfg.patch_volume: "cam", 448 * cfg.patch_volume: "act"}
+        control = by_width.get(stored[key].shape[1])
+        if control is not None:
+            return cfg.replace(control_type=control)
+    for name in (model_dir.resolve().name, model_dir.resolve().parent.name):
+        if "cam" in name:
+            return cfg.replace(control_type="cam")
+        if "act" in name:
+            return cfg.replace(control_type="act")
+    return cfg
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
+               device: torch.device | str = "cpu") -> CausalWanModel:
+    """Build, validate and load one DiT from a model directory."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: checkpoint directory not found")
+    cfg = read_config(model_dir)
+    stored = list_stored_tensors(model_dir)
+    raw = json.loads((model_dir / CONFIG_NAME).read_text())
+    if "control_type" not in raw and "cam_channels" not in raw:
+        cfg = _infer_control_type(cfg, model_dir, stored)
+    with torch.device("meta"):
+        model = CausalWanModel(cfg)
+    validate(model, stored, model_dir)
+    model = model.to_empty(device=device).to(dtype)
+    params = dict(model.named_parameters())
+    by_file: dict[Path, list[str]] = {}
+    for key, entry in stored.items():
+        by_file.setdefault(entry.file, []).append(key)
+    with torch.no_grad():
+        for file, keys in sorted(by_file.items()):
+            if file.suffix == ".safetensors":
+                with safe_open(file, framework="pt") as f:
+                    for key in keys:
+                        params[key].copy_(f.get_tensor(key))
+            else:
+                state = _load_pth(file)
+                for key in keys:
+                    params[key].copy_(state[key])
+    log.info("loaded %s: %d tensors, %.2fB params, %s", model_dir, len(stored), model.num_params() / 1e9, dtype)
+    return model.eval()
+
+
+def save_model(model: CausalWanModel, out_dir: str | Path, *, num_shards: int = 1, fmt: str = "safetensors",
+               class_name: str = "WanModel", extra_config: dict | None = None) -> Path:
+    """Write a model directory in the released layout (config.json + weights)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = model.cfg.to_diffusers(class_name) | (extra_config or {})
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    keys = list(state)
+    per_shard = math.ceil(len(keys) / num_shards)
+    shards = [keys[i:i + per_shard] for i in range(0, len(keys), per_shard)]
+    if fmt == "pth":
+        for i, shard in enumerate(shards):
+            name = "diffusion_pytorch_model.pth" if len(shards) == 1 else f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.pth"
+            torch.save({k: state[k] for k in shard}, out_dir / name)
+        return out_dir
+    if fmt != "safetensors":
+        raise ValueError(f"format must be 'safetensors' or 'pth', got {fmt!r}")
+    if len(shards) == 1:
+        save_file(state, out_dir / WEIGHTS_NAME, metadata={"format": "pt"})
+        return out_dir
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: state[k] for k in shard}, out_dir / name, metadata={"format": "pt"})
+        weight_map |= {k: name for k in shard}
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (out_dir / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return out_dir
+
+
+class ExpertPair(nn.Module):
+    """The base model's two experts, routed by timestep: t >= 947 -> high-noise expert."""
+
+    def __init__(self, high_noise: CausalWanModel, low_noise: CausalWanModel, boundary_t: float = EXPERT_BOUNDARY_T):
+        super().__init__()
+        if high_noise.cfg != low_noise.cfg:
+            raise CheckpointError("high- and low-noise experts have different configs")
+        self.high_noise, self.low_noise, self.boundary_t = high_noise, low_noise, boundary_t
+        self.cfg = high_noise.cfg
+
+    def expert_for(self, t: torch.Tensor | float) -> CausalWanModel:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        high = t >= self.boundary_t
+        if bool(high.all()):
+            return self.high_noise
+        if not bool(high.any()):
+            return self.low_noise
+        raise ValueError(f"timesteps {t.flatten().tolist()} straddle the expert boundary {self.boundary_t}: "
+                         "split the batch by expert")
+
+    def forward(self, x, t, *args, **kwargs):
+        return self.expert_for(t)(x, t, *args, **kwargs)
+
+
+def load_experts(root: str | Path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> ExpertPair:
+    """The base model (`high_noise_model/` + `low_noise_model/`) of a release root."""
+    root = Path(root)
+    for name in (HIGH_NOISE_DIR, LOW_NOISE_DIR):
+        if not (root / name).is_dir():
+            raise CheckpointError(f"{root}: no {name}/ directory (expected a LingBot-World release root)")
+    return ExpertPair(load_model(root / HIGH_NOISE_DIR, dtype, device), load_model(root / LOW_NOISE_DIR, dtype, device))
+
+
+def load_fast(root: str | Path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> CausalWanModel:
+    """LingBot-World-Fast: `lingbot_world_fast/` under a release root, or that directory itself."""
+    root = Path(root)
+    model_dir = root / FAST_DIR if (root / FAST_DIR).is_dir() else root
+    return load_model(model_dir, dtype, device)
