@@ -32,14 +32,14 @@ def build(args) -> CausalWanModel:
         return load_model(args.checkpoint, DTYPES[args.dtype], args.device)
     with torch.device("meta"):
         model = CausalWanModel(model_config(args.config))
-    model = model.to_empty(device=args.device)
+    model = model.to(DTYPES[args.dtype]).to_empty(device=args.device)   # one allocation, in dtype
     with torch.no_grad():
         for p in model.parameters():   # random weights, scaled like a trained net's
             p.normal_(0, 0.02) if p.dim() > 1 else p.zero_()
         for m in model.modules():
             if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 1 and "Norm" in type(m).__name__:
                 m.weight.fill_(1.0)
-    return model.to(DTYPES[args.dtype]).eval()
+    return model.eval()
 
 
 def sync(device):

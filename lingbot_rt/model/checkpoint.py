@@ -181,7 +181,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
     with torch.device("meta"):
         model = CausalWanModel(cfg)
     validate(model, stored, model_dir)
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)   # cast on meta: one allocation, in dtype
     params = dict(model.named_parameters())
     by_file: dict[Path, list[str]] = {}
     for key, entry in stored.items():
