@@ -9,8 +9,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.15)])
-def test_streaming_equals_block_causal_on_gpu(dtype, atol):
+@pytest.mark.parametrize("dtype,max_rel_err", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
+def test_streaming_equals_block_causal_on_gpu(dtype, max_rel_err):
     model = make_model().cuda().to(dtype)
     x, y, control, context = (t.cuda() for t in make_inputs(model, batch=2, frames=9, height=16, width=16))
     full = model(x, torch.zeros(2, device="cuda"), context, y, control, attention="block_causal")
@@ -18,6 +18,9 @@ def test_streaming_equals_block_causal_on_gpu(dtype, atol):
     model.start_sessions(cache, [0, 1], context)
     outs = [model.forward_block(x[:, :, s:s + 3], torch.zeros(2, device="cuda"), cache, y=y[:, :, s:s + 3],
                                 control=control[:, :, s:s + 3], commit=True) for s in (0, 3, 6)]
-    torch.testing.assert_close(torch.cat(outs, 2), full, atol=atol, rtol=0.05)
+    streamed = torch.cat(outs, 2)
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    print(f"{dtype}: relative error streaming vs block-causal {rel(streamed, full):.2e}")
+    assert rel(streamed, full) < max_rel_err
     bidirectional = model(x, torch.zeros(2, device="cuda"), context, y, control)
-    assert (bidirectional[:, :, :6] - full[:, :, :6]).abs().max() > atol
+    assert rel(bidirectional[:, :, :6], full[:, :, :6]) > 2 * max_rel_err
