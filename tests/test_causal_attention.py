@@ -101,7 +101,7 @@ def test_commit_from_last_denoising_pass():
     x, y, control, context = make_inputs(model, frames=6)
     t = torch.tensor([[250.0] * 3 + [120.0] * 3])
     full = model(x, t, context, y, control, attention="block_causal")
-    cache = model.new_cache(CacheConfig(commit="last_step"), 1, (4, 4))
+    cache = model.new_cache(CacheConfig(), 1, (4, 4))
     model.start_sessions(cache, [0], context)
     outs = [model.forward_block(x[:, :, s:s + 3], t[:, s:s + 3], cache, y=y[:, :, s:s + 3],
                                 control=control[:, :, s:s + 3], commit=True) for s in (0, 3)]

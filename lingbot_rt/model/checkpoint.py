@@ -53,9 +53,8 @@ def _listing(keys) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
-def read_config(model_dir: Path) -> ModelConfig:
-    """The model's `config.json`. The control type comes from the config when present,
-    else from the directory name as upstream picks it ('cam' in name, elif 'act' in name)."""
+def read_config(model_dir: Path) -> tuple[ModelConfig, dict]:
+    """The model's `config.json`: our config and the raw dict."""
     path = Path(model_dir) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{model_dir}: no {CONFIG_NAME} (expected a diffusers model directory)")
@@ -69,7 +68,7 @@ def read_config(model_dir: Path) -> ModelConfig:
         cfg = ModelConfig.from_diffusers(raw, source=str(path))
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
-    return cfg
+    return cfg, raw
 
 
 def list_stored_tensors(model_dir: Path) -> dict[str, StoredTensor]:
@@ -173,9 +172,8 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: checkpoint directory not found")
-    cfg = read_config(model_dir)
+    cfg, raw = read_config(model_dir)
     stored = list_stored_tensors(model_dir)
-    raw = json.loads((model_dir / CONFIG_NAME).read_text())
     if "control_type" not in raw and "cam_channels" not in raw:
         cfg = _infer_control_type(cfg, model_dir, stored)
     with torch.device("meta"):

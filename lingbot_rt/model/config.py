@@ -147,15 +147,12 @@ class CacheConfig:
     sink_frames: int = 3
     window_frames: int = 15
     rolling: bool = True
-    commit: str = "clean"    # "clean": an extra t=0 pass commits the block; "last_step": the last denoising pass does
 
     def __post_init__(self):
         if self.block_frames < 1 or self.sink_frames < 0 or self.window_frames < 0:
             raise ValueError(f"invalid cache layout {self}")
         if self.rolling and self.window_frames < 1:
             raise ValueError("a rolling cache needs window_frames >= 1")
-        if self.commit not in ("clean", "last_step"):
-            raise ValueError(f"commit must be 'clean' or 'last_step', got {self.commit!r}")
 
     @property
     def cache_frames(self) -> int:

@@ -380,7 +380,7 @@ class CausalWanModel(nn.Module):
         slot_ids: cache rows of the B sessions (default: rows 0..B-1). Sessions may sit at
         different positions. commit=False reads the cache only (denoising passes); commit=True
         also writes the block's K/V and advances the sessions (the clean t=0 pass, or the last
-        denoising pass with CacheConfig.commit="last_step"). Returns [B, 16, Fb, H, W] float32.
+        denoising pass to skip the fifth forward). Returns [B, 16, Fb, H, W] float32.
         """
         self._check_input(x, y, control)
         slot_ids = list(range(x.shape[0])) if slot_ids is None else list(slot_ids)

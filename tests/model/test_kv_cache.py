@@ -38,7 +38,7 @@ def test_view_masks_empty_slots_and_checks_rows():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="commit"):
-        CacheConfig(commit="sometimes")
+    with pytest.raises(ValueError, match="invalid cache layout"):
+        CacheConfig(block_frames=0)
     with pytest.raises(ValueError, match="window_frames >= 1"):
         CacheConfig(window_frames=0)
