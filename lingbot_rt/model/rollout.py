@@ -1,0 +1,45 @@
+"""The block loop, written once: denoise a block of latent frames in a few steps against the
+KV cache, then commit it. The streaming pipeline, the server's DiT stage and the
+distillation rollouts all call `generate_block`.
+
+Per block (Self-Forcing / LingBot-World-Fast, consistency-style sampling):
+  1. x = noise at sigma_0.
+  2. For each step k: v = DiT(x, t_k) reading the cache (no write); x0 = x - sigma_k * v;
+     unless last: x = (1 - sigma_{k+1}) * x0 + sigma_{k+1} * fresh noise.
+  3. Commit: a t = 0 pass on x0 writes the block's K/V ("clean", upstream's 5th forward), or
+     the last denoising pass already wrote them ("last_step": 4 forwards, vllm-omni PR #7816).
+"""
+from __future__ import annotations
+
+import torch
+
+from .dit import CausalWanModel
+from .kv_cache import KVCache
+from .sampler import FewStepSchedule
+
+COMMIT_MODES = ("clean", "last_step")
+
+
+def generate_block(model: CausalWanModel, cache: KVCache, slot_ids: list[int], noise: torch.Tensor,
+                   schedule: FewStepSchedule, *, y: torch.Tensor | None = None,
+                   control: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   commit: str = "clean") -> torch.Tensor:
+    """Denoise one block per session and commit it. noise [B, 16, Fb, H, W] (unit Gaussian);
+    returns the clean latents x0 [B, 16, Fb, H, W] float32. `generator` draws the re-noising."""
+    if commit not in COMMIT_MODES:
+        raise ValueError(f"commit must be one of {COMMIT_MODES}, got {commit!r}")
+    batch, device = noise.shape[0], noise.device
+    x = noise.float()
+    last = len(schedule.sigmas) - 1
+    for step_index, (sigma, t) in enumerate(zip(schedule.sigmas, schedule.timesteps)):
+        commit_now = commit == "last_step" and step_index == last
+        v = model.forward_block(x, torch.full((batch,), t, device=device), cache, slot_ids, y=y, control=control,
+                                commit=commit_now)
+        x0 = x - sigma * v
+        if step_index < last:
+            next_sigma = schedule.sigmas[step_index + 1]
+            fresh = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+            x = (1 - next_sigma) * x0 + next_sigma * fresh
+    if commit == "clean":
+        model.forward_block(x0, torch.zeros(batch, device=device), cache, slot_ids, y=y, control=control, commit=True)
+    return x0

@@ -1,0 +1,45 @@
+"""Few-step flow-matching schedules.
+
+Flow matching as in Wan: x_t = (1 - sigma) x_0 + sigma * eps, the DiT predicts v = eps - x_0
+at timestep t = sigma * 1000. LingBot-World-Fast picks 4 entries of a 1000-step schedule
+built like Wan's `FlowUniPCMultistepScheduler.set_timesteps(1000, shift)`:
+sigma_i = shift * s / (1 + (shift - 1) * s) with s = linspace(0.999, 0, 1001)[i], and
+t_i = int64(sigma_i * 1000). Indices [0, 179, 358, 679] at shift 10 give t = 999, 978, 947, 825
+(upstream `image2video_fast.py`). Upstream reads sigma for x0-recovery and re-noising at
+neighbouring duplicate indices of its table (0.1% off); we use the nominal entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NUM_TRAIN_TIMESTEPS = 1000
+SIGMA_MAX = 1.0 - 1.0 / NUM_TRAIN_TIMESTEPS   # first entry of Wan's training sigma table
+FAST_INDICES = (0, 179, 358, 679)
+FAST_SHIFT = 10.0
+
+
+def shift_sigma(sigma: float, shift: float) -> float:
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+@dataclass(frozen=True)
+class FewStepSchedule:
+    """The denoising steps of one block: sigma and the timestep fed to the DiT, per step."""
+
+    sigmas: tuple[float, ...]
+    timesteps: tuple[float, ...]
+
+    def __post_init__(self):
+        if not self.sigmas or len(self.sigmas) != len(self.timesteps):
+            raise ValueError("a schedule needs one timestep per sigma, at least one step")
+        if any(b >= a for a, b in zip(self.sigmas, self.sigmas[1:])) or not 0 < self.sigmas[-1] <= 1:
+            raise ValueError(f"sigmas must decrease within (0, 1], got {self.sigmas}")
+
+    @classmethod
+    def from_indices(cls, indices=FAST_INDICES, shift: float = FAST_SHIFT,
+                     num_steps: int = NUM_TRAIN_TIMESTEPS) -> "FewStepSchedule":
+        """Entries `indices` of a `num_steps`-step shifted schedule (LingBot-World-Fast's by default)."""
+        if any(not 0 <= i < num_steps for i in indices):
+            raise ValueError(f"schedule indices {indices} must lie in [0, {num_steps})")
+        sigmas = [shift_sigma(SIGMA_MAX * (1 - i / num_steps), shift) for i in indices]
+        return cls(tuple(sigmas), tuple(float(int(s * NUM_TRAIN_TIMESTEPS)) for s in sigmas))
