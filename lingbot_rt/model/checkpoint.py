@@ -87,22 +87,15 @@ def list_stored_tensors(model_dir: Path) -> dict[str, StoredTensor]:
         files = sorted(model_dir.glob("*.pth")) + sorted(model_dir.glob("*.pt"))
         if not files:
             raise CheckpointError(f"{model_dir}: no {INDEX_NAME}, {WEIGHTS_NAME} or .pth weights found")
-        return _list_pth(files)
+        weight_map = None
     stored: dict[str, StoredTensor] = {}
     for file in files:
         if not file.is_file():
             raise CheckpointError(f"{index}: shard {file.name} is listed but missing")
-        try:
-            with safe_open(file, framework="pt") as f:
-                for key in f.keys():
-                    sl = f.get_slice(key)
-                    if key in stored:
-                        raise CheckpointError(f"{file}: key {key} also stored in {stored[key].file.name}")
-                    stored[key] = StoredTensor(file, tuple(sl.get_shape()), sl.get_dtype())
-        except CheckpointError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
+        for key, entry in list_file_tensors(file).items():
+            if key in stored:
+                raise CheckpointError(f"{file}: key {key} also stored in {stored[key].file.name}")
+            stored[key] = entry
     if weight_map is not None:
         for key, name in weight_map.items():
             if key not in stored:
@@ -110,7 +103,8 @@ def list_stored_tensors(model_dir: Path) -> dict[str, StoredTensor]:
     return stored
 
 
-def _load_pth(file: Path) -> dict[str, torch.Tensor]:
+def load_pth(file: Path) -> dict[str, torch.Tensor]:
+    """A `.pth`/`.pt` state dict, memory-mapped, tensors only (weights_only)."""
     try:
         state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:
@@ -122,12 +116,64 @@ def _load_pth(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _list_pth(files: list[Path]) -> dict[str, StoredTensor]:
-    stored = {}
-    for file in files:
-        for key, t in _load_pth(file).items():
-            stored[key] = StoredTensor(file, tuple(t.shape), str(t.dtype).removeprefix("torch."))
-    return stored
+def list_file_tensors(file: Path) -> dict[str, StoredTensor]:
+    """Names, shapes and dtypes in one weights file (a header read; an mmap for .pth)."""
+    if file.suffix in (".pth", ".pt"):
+        return {k: StoredTensor(file, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+                for k, t in load_pth(file).items()}
+    if file.suffix != ".safetensors":
+        raise CheckpointError(f"{file}: expected a .safetensors, .pth or .pt file")
+    try:
+        with safe_open(file, framework="pt") as f:
+            return {k: StoredTensor(file, tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                    for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
+
+
+def copy_stored_tensors(model: nn.Module, stored: dict[str, StoredTensor]) -> None:
+    """Copy (and cast) every stored tensor into the materialised model, one file at a time."""
+    params = dict(model.named_parameters())
+    by_file: dict[Path, list[str]] = {}
+    for key, entry in stored.items():
+        by_file.setdefault(entry.file, []).append(key)
+    with torch.no_grad():
+        for file, keys in sorted(by_file.items()):
+            if file.suffix == ".safetensors":
+                with safe_open(file, framework="pt") as f:
+                    for key in keys:
+                        params[key].copy_(f.get_tensor(key))
+            else:
+                state = load_pth(file)
+                for key in keys:
+                    params[key].copy_(state[key])
+
+
+def load_weights_file(model: nn.Module, path: str | Path, dtype: torch.dtype, device, what: str) -> nn.Module:
+    """Validate a meta-built module against one weights file, materialise it once on `device`
+    in `dtype` (cast on meta first) and copy the weights in. `what` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} checkpoint not found")
+    stored = list_file_tensors(path)
+    validate(model, stored, path)
+    model = model.to(dtype).to_empty(device=device)
+    copy_stored_tensors(model, stored)
+    return model.eval()
+
+
+def save_weights_file(model: nn.Module, path: str | Path) -> Path:
+    """Write a state dict to one file; the suffix picks .safetensors or .pth/.pt."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(state, path, metadata={"format": "pt"})
+    elif path.suffix in (".pth", ".pt"):
+        torch.save(state, path)
+    else:
+        raise ValueError(f"{path}: name the file *.safetensors, *.pth or *.pt")
+    return path
 
 
 def validate(model: nn.Module, stored: dict[str, StoredTensor], source: Path) -> None:
@@ -180,20 +226,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
         model = CausalWanModel(cfg)
     validate(model, stored, model_dir)
     model = model.to(dtype).to_empty(device=device)   # cast on meta: one allocation, in dtype
-    params = dict(model.named_parameters())
-    by_file: dict[Path, list[str]] = {}
-    for key, entry in stored.items():
-        by_file.setdefault(entry.file, []).append(key)
-    with torch.no_grad():
-        for file, keys in sorted(by_file.items()):
-            if file.suffix == ".safetensors":
-                with safe_open(file, framework="pt") as f:
-                    for key in keys:
-                        params[key].copy_(f.get_tensor(key))
-            else:
-                state = _load_pth(file)
-                for key in keys:
-                    params[key].copy_(state[key])
+    copy_stored_tensors(model, stored)
     log.info("loaded %s: %d tensors, %.2fB params, %s", model_dir, len(stored), model.num_params() / 1e9, dtype)
     return model.eval()
 

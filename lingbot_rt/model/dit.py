@@ -14,7 +14,6 @@ norms and head run in float32; the big linears and attention run in the weight d
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn

@@ -42,15 +42,12 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 
-from .checkpoint import CheckpointError, StoredTensor, validate
+from .checkpoint import CheckpointError, load_weights_file, save_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -304,78 +301,22 @@ def make_tiny_tokenizer(folder: str | Path) -> Path:
 
 # --- checkpoints ---------------------------------------------------------------------------
 
-def _load_pth(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable .pth file ({exc})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
-    return state
-
-
-def _is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    if path.suffix in (".pth", ".pt"):
-        return False
-    raise CheckpointError(f"{path}: expected a .pth, .pt or .safetensors file")
-
-
-def _stored_tensors(path: Path) -> dict[str, StoredTensor]:
-    """Names, shapes and dtypes of the stored tensors (a header read, or an mmap for .pth)."""
-    if not _is_safetensors(path):
-        return {k: StoredTensor(path, tuple(t.shape), str(t.dtype).removeprefix("torch."))
-                for k, t in _load_pth(path).items()}
-    try:
-        with safe_open(path, framework="pt") as f:
-            slices = {k: f.get_slice(k) for k in f.keys()}
-            return {k: StoredTensor(path, tuple(s.get_shape()), s.get_dtype()) for k, s in slices.items()}
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
-
-
-def _read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each stored tensor in turn, read only when it is copied."""
-    if not _is_safetensors(path):
-        yield from _load_pth(path).items()
-        return
-    with safe_open(path, framework="pt") as f:
-        for key in f.keys():
-            yield key, f.get_tensor(key)
-
-
 def load_encoder(checkpoint: str | Path, config: str = "umt5-xxl", device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.bfloat16) -> UMT5Encoder:
-    """Build, validate and load the encoder: on the meta device, cast there, materialised
-    once on `device`, then each stored tensor is copied (and cast) in."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: text encoder checkpoint not found")
+    """Build, validate and load the encoder (`models_t5_umt5-xxl-enc-bf16.pth` or safetensors):
+    on the meta device, cast there, materialised once on `device`, weights copied in."""
     if dtype == torch.float16:
         raise ValueError("umT5 overflows in float16: use torch.bfloat16 or torch.float32")
     with torch.device("meta"):
         model = UMT5Encoder(t5_config(config))
-    validate(model, _stored_tensors(path), path)
-    model = model.to(dtype).to_empty(device=device)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, tensor in _read_tensors(path):
-            params[key].copy_(tensor)
-    log.info("loaded %s: %.2fB params, %s on %s", path, model.num_params() / 1e9, dtype, device)
-    return model.eval().requires_grad_(False)
+    model = load_weights_file(model, checkpoint, dtype, device, what="text encoder")
+    log.info("loaded %s: %.2fB params, %s on %s", checkpoint, model.num_params() / 1e9, dtype, device)
+    return model.requires_grad_(False)
 
 
 def save_encoder(model: UMT5Encoder, path: str | Path) -> Path:
     """Write the state dict in upstream's layout; the suffix picks .pth or .safetensors."""
-    path = Path(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if _is_safetensors(path):
-        save_file(state, path, metadata={"format": "pt"})
-    else:
-        torch.save(state, path)
-    return path
+    return save_weights_file(model, path)
 
 
 # --- the text encoder the pipeline calls ---------------------------------------------------
