@@ -185,7 +185,7 @@ def test_global_cache_refuses_to_overflow():
 def test_teacher_forcing_trains_on_cpu():
     model = make_model()
     x_clean, y, control, context = make_inputs(model, frames=6)
-    out = model.forward_teacher_forcing(x_clean, torch.randn_like(x_clean), torch.tensor([500.0]), context, y, control)
+    out = model.forward_teacher_forcing(x_clean, torch.randn_like(x_clean), torch.tensor(500.0), context, y, control)
     out.square().mean().backward()
     assert model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
 

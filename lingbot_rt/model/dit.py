@@ -339,7 +339,7 @@ class CausalWanModel(nn.Module):
         rotary = rotary_for_frames(frame_pos, grid[1:], self.cfg.head_dim, self.cfg.rope_theta)
         rotary = Rotary.cat([rotary, rotary])
         t = torch.as_tensor(t, device=self.device)
-        t_noisy = t.view(b, 1).expand(b, L) if t.dim() <= 1 else (
+        t_noisy = t.reshape(-1, 1).expand(b, L) if t.dim() <= 1 else (
             t.repeat_interleave(L // t.shape[1], dim=1) if t.shape[1] != L else t)
         t_all = torch.cat([torch.zeros_like(t_noisy), t_noisy], 1)
         doubled_grid = (2 * grid[0], *grid[1:])
