@@ -12,13 +12,11 @@ a checkpoint), fills the KV cache to its steady state (sink + full window), then
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import time
-from pathlib import Path
 
 import torch
+
+from results_io import finish
 
 from lingbot_rt.model import CacheConfig, CausalWanModel, model_config
 from lingbot_rt.model.checkpoint import load_model
@@ -110,8 +108,7 @@ def main():
     per_block = [sum(b) for b in block_times]
     result = {
         "config": args.checkpoint or args.config, "params": model.num_params(), "tensors": len(model.state_dict()),
-        "dtype": args.dtype, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "resolution": [args.height, args.width], "latent": [lat_h, lat_w],
+        "dtype": args.dtype, "resolution": [args.height, args.width], "latent": [lat_h, lat_w],
         "tokens_per_block": Fb * (lat_h // 2) * (lat_w // 2), "batch": B, "sink": args.sink, "window": args.window,
         "denoise_steps": len(timesteps), "build_and_materialise_s": round(build_s, 2),
         "kv_cache_gib": round(cache.nbytes() / 2**30, 3),
@@ -119,16 +116,9 @@ def main():
         "commit_pass_s_mean": round(sum(b[-1] for b in block_times) / len(block_times), 4),
         "block_s": [round(b, 4) for b in per_block],
         "frames_per_s": round(4 * Fb * B / (sum(per_block) / len(per_block)), 2),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
-    if dev.type == "cuda":
-        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
-        result["weights_gib"] = round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30, 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    result["weights_gib"] = round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30, 2)
+    finish(result, dev, args.out)
 
 
 if __name__ == "__main__":

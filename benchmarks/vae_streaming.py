@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+
+from results_io import finish
 
 from lingbot_rt.model.vae import WanVAE, vae_config
 
@@ -48,17 +48,10 @@ def main():
             frames = out.shape[2]
     mean = sum(times) / len(times)
     result = {"config": args.config, "params": sum(p.numel() for p in vae.parameters()), "dtype": args.dtype,
-              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
               "resolution": [args.height, args.width], "latent_frames_per_block": args.block,
               "frames_per_block": frames, "block_s": [round(t, 4) for t in times],
               "ms_per_latent_frame": round(1000 * mean / args.block, 1), "decode_only_fps": round(frames / mean, 1)}
-    if dev.type == "cuda":
-        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    finish(result, dev, args.out)
 
 
 if __name__ == "__main__":
