@@ -2,6 +2,7 @@
 
     lingbot-rt make-tiny-checkpoint --out ckpt/tiny
     lingbot-rt inspect-checkpoint ckpt/tiny/lingbot_world_fast
+    lingbot-rt generate --checkpoint ckpt/tiny --image input.jpg --prompt "a forest" --actions "w-10,d-5" --out out.mp4
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _dtype(name: str):
 
 
 def cmd_make_tiny_checkpoint(args) -> int:
-    from .model.tiny_checkpoint import make_tiny_checkpoint
+    from .pipeline.tiny_checkpoint import make_tiny_checkpoint
     out = make_tiny_checkpoint(args.out, config=args.config, control_type=args.control, num_shards=args.shards,
                                fmt=args.format, dtype=args.dtype, seed=args.seed)
     print(f"wrote {out}")
@@ -36,6 +37,72 @@ def cmd_inspect_checkpoint(args) -> int:
     print(json.dumps({"path": args.path, "config": cfg.to_diffusers(), "tensors": len(model.state_dict()),
                       "params": model.num_params(), "dtype": str(model.dtype)}, indent=2))
     return 0
+
+
+def _stream_config(args):
+    from dataclasses import replace
+
+    from .pipeline import StreamConfig
+    config = StreamConfig.from_yaml(args.config) if args.config else StreamConfig()
+    return replace(config, height=args.height or config.height, width=args.width or config.width)
+
+
+def _load_pipeline(args):
+    from .pipeline import StreamingInference
+    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    dtype = args.dtype or (_dtype("bf16") if device.startswith("cuda") else _dtype("fp32"))
+    return StreamingInference.from_release(args.checkpoint, _stream_config(args), device=device, dtype=dtype,
+                                           text_device=args.text_device)
+
+
+def _check_image_early(args) -> None:
+    """Refuse a bad start image before minutes of model loading."""
+    from pathlib import Path
+
+    from .model.image_condition import load_image
+    from .pipeline.release import ReleaseManifest
+    config, manifest = _stream_config(args), ReleaseManifest.read(Path(args.checkpoint))
+    load_image(args.image, config.height or manifest.height, config.width or manifest.width)
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from .pipeline.actions import action_source
+    from .pipeline.video import VideoWriter
+    source = action_source(args.actions)
+    num_frames = args.num_frames or source.num_frames
+    _check_image_early(args)
+    pipeline = _load_pipeline(args)
+    seconds = {"denoise": 0.0, "decode": 0.0}
+    with VideoWriter(args.out, pipeline.config.fps) as video, \
+            tqdm(total=num_frames, unit="frame", desc="generate") as progress:
+        for block in pipeline.stream_generate(args.image, args.prompt, source, num_frames=num_frames, seed=args.seed):
+            video.write(block.frames)
+            progress.update(len(block.frames))
+            for stage, value in block.timings.items():
+                seconds[stage] += value
+    total = sum(seconds.values())
+    print(f"wrote {args.out}: {video.num_frames} frames {pipeline.height}x{pipeline.width} at "
+          f"{pipeline.config.fps} fps; generated at {video.num_frames / total:.1f} frames/s "
+          f"(denoise {seconds['denoise']:.2f} s, decode {seconds['decode']:.2f} s)")
+    return 0
+
+
+def add_stream_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that load a release and stream from it."""
+    p.add_argument("--checkpoint", required=True, help="release root (lingbot_world_fast/, VAE, umT5, tokenizer)")
+    p.add_argument("--config", help="StreamConfig YAML (schedule, cache window, size, fps)")
+    p.add_argument("--height", type=int, help="frame height (default: the release's)")
+    p.add_argument("--width", type=int, help="frame width (default: the release's)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--text-device", help="device of the text encoder (default: --device)")
+    p.add_argument("--dtype", type=_dtype, help="DiT dtype (default: bf16 on GPU, fp32 on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", type=_dtype, default="float32")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_inspect_checkpoint)
+
+    p = sub.add_parser("generate", help="stream a clip offline from an image, a prompt and an action string")
+    add_stream_arguments(p)
+    p.add_argument("--image", required=True, help="start image (RGB)")
+    p.add_argument("--prompt", default="", help="text prompt")
+    p.add_argument("--actions", default="none-32",
+                   help="keys per video frame, e.g. 'w-10,d-5,none-5' (w,a,s,d move; i,j,k,l look)")
+    p.add_argument("--num-frames", type=int, help="frames to write (default: 1 + the actions' frames)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 
@@ -67,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from .model.checkpoint import CheckpointError
     try:
         return args.func(args)
-    except CheckpointError as exc:
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"lingbot-rt: error: {exc}", file=sys.stderr)
         return 2
 

@@ -59,7 +59,8 @@ INTRINSICS_SOURCE_HW = (480, 832)
 
 
 # ---- keys -----------------------------------------------------------------------------------
-def _check_key(key: str) -> str:
+def check_key(key: str) -> str:
+    """A key name, lower-cased, or a ValueError naming it."""
     if not isinstance(key, str) or len(key) != 1 or key.lower() not in KEYS:
         raise ValueError(f"unknown key {key!r}; keys are {', '.join(KEYS)}")
     return key.lower()
@@ -159,13 +160,13 @@ class WASDController:
         self.held_keys: set[str] = set()
 
     def press(self, key: str) -> None:
-        self.held_keys.add(_check_key(key))
+        self.held_keys.add(check_key(key))
 
     def release(self, key: str) -> None:
-        self.held_keys.discard(_check_key(key))
+        self.held_keys.discard(check_key(key))
 
     def set_keys(self, keys: Iterable[str]) -> None:
-        self.held_keys = {_check_key(key) for key in keys}
+        self.held_keys = {check_key(key) for key in keys}
 
     def step(self, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
         """Advance `num_frames` video frames with the held keys. Returns the actions

@@ -11,6 +11,8 @@ Per block (Self-Forcing / LingBot-World-Fast, consistency-style sampling):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .dit import CausalWanModel
@@ -18,14 +20,26 @@ from .kv_cache import KVCache
 from .sampler import FewStepSchedule
 
 COMMIT_MODES = ("clean", "last_step")
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape, generator: Generators, device, dtype=torch.float32) -> torch.Tensor:
+    """Unit Gaussian noise [B, ...]; with one generator per sample, sample i draws from its own,
+    so a session's noise does not depend on who else is in the batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in generator])
 
 
 def generate_block(model: CausalWanModel, cache: KVCache, slot_ids: list[int], noise: torch.Tensor,
                    schedule: FewStepSchedule, *, y: torch.Tensor | None = None,
-                   control: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   control: torch.Tensor | None = None, generator: Generators = None,
                    commit: str = "clean") -> torch.Tensor:
     """Denoise one block per session and commit it. noise [B, 16, Fb, H, W] (unit Gaussian);
-    returns the clean latents x0 [B, 16, Fb, H, W] float32. `generator` draws the re-noising."""
+    returns the clean latents x0 [B, 16, Fb, H, W] float32. `generator` draws the re-noising:
+    one for the batch, or one per session (see `randn`)."""
     if commit not in COMMIT_MODES:
         raise ValueError(f"commit must be one of {COMMIT_MODES}, got {commit!r}")
     batch, device = noise.shape[0], noise.device
@@ -38,7 +52,7 @@ def generate_block(model: CausalWanModel, cache: KVCache, slot_ids: list[int], n
         x0 = x - sigma * v
         if step_index < last:
             next_sigma = schedule.sigmas[step_index + 1]
-            fresh = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+            fresh = randn(x.shape, generator, device, x.dtype)
             x = (1 - next_sigma) * x0 + next_sigma * fresh
     if commit == "clean":
         model.forward_block(x0, torch.zeros(batch, device=device), cache, slot_ids, y=y, control=control, commit=True)

@@ -2,7 +2,8 @@
 
 Holds `VAEConfig` / `vae_config(name)`, the module tree (`CausalConv3d`, `RMSNorm`, `Resample`,
 `ResidualBlock`, `AttentionBlock`, `Encoder3d`, `Decoder3d`), `WanVAE` (whole-clip
-`encode` / `decode`), `StreamingDecoder` (latent blocks in, pixel frames out) and
+`encode` / `decode`), `StreamingEncoder` (pixel chunks in, latent frames out),
+`StreamingDecoder` (latent blocks in, pixel frames out) and
 `load_vae` / `save_vae`. The streaming pipeline's VAE stage calls `vae.stream_decoder()`
 once per session and `decode(z_block)` once per denoised block.
 
@@ -386,14 +387,7 @@ class WanVAE(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """video [B, 3, F, H, W] in [-1, 1], F = 4n+1 -> latents [B, z_dim, n+1, H/8, W/8], float32."""
         _check_video(video)
-        x = video.to(self.dtype)
-        cache: ConvCache = [None] * self.encoder.num_cache_slots
-        chunks = [x[:, :, :1]] + [x[:, :, start:start + ENCODE_CHUNK_FRAMES]
-                                  for start in range(1, x.shape[2], ENCODE_CHUNK_FRAMES)]
-        features = torch.cat([self.encoder(chunk, cache) for chunk in chunks], 2)   # [B, 2z, n+1, h, w]
-        mu, _log_var = self.conv1(features).chunk(2, dim=1)
-        mean, inv_std = self.latent_stats(mu.device)
-        return (mu.float() - mean) * inv_std
+        return self.stream_encoder().encode(video)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, z_dim, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1], float32."""
@@ -402,6 +396,48 @@ class WanVAE(nn.Module):
     def stream_decoder(self) -> "StreamingDecoder":
         """A new decoding stream: feed it consecutive latent blocks of one clip (or batch of clips)."""
         return StreamingDecoder(self)
+
+    def stream_encoder(self) -> "StreamingEncoder":
+        """A new encoding stream: feed it 1 + 4k frames, then 4k frames at a time."""
+        return StreamingEncoder(self)
+
+
+class StreamingEncoder:
+    """One stream's encode state: the encoder's per-conv frame cache.
+
+    The first call takes 1 + 4k frames (frame 0 alone gives the first latent frame), every
+    later call 4k frames, k latent frames; the concatenated outputs equal `WanVAE.encode` of
+    the whole clip. The streaming pipeline encodes the start image, then extends the
+    image-condition latents with black frames block by block.
+    """
+
+    def __init__(self, vae: WanVAE):
+        self.vae = vae
+        self.cache: ConvCache = [None] * vae.encoder.num_cache_slots
+        self.num_frames = 0                     # pixel frames encoded so far
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, F, H, W] in [-1, 1], the next F frames of the stream -> latents
+        [B, z_dim, F // 4 (+1 on the first call), H/8, W/8], float32."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"video must be [B, 3, F, H, W], got shape {list(video.shape)}")
+        first = self.num_frames == 0
+        num_frames = video.shape[2]
+        if (num_frames - first) % ENCODE_CHUNK_FRAMES or num_frames < 1:
+            want = "1 + 4k frames on the first call" if first else "4k frames after the first call"
+            raise ValueError(f"the encoder stream takes {want}, got {num_frames}")
+        if video.shape[3] % SPACE_STRIDE or video.shape[4] % SPACE_STRIDE:
+            raise ValueError(f"video height and width must be divisible by {SPACE_STRIDE}, "
+                             f"got {video.shape[3]}x{video.shape[4]}")
+        x = video.to(self.vae.dtype)
+        chunks = [x[:, :, :1]] if first else []
+        chunks += [x[:, :, start:start + ENCODE_CHUNK_FRAMES]
+                   for start in range(int(first), num_frames, ENCODE_CHUNK_FRAMES)]
+        features = torch.cat([self.vae.encoder(chunk, self.cache) for chunk in chunks], 2)
+        self.num_frames += num_frames
+        mu, _log_var = self.vae.conv1(features).chunk(2, dim=1)
+        mean, inv_std = self.vae.latent_stats(mu.device)
+        return (mu.float() - mean) * inv_std
 
 
 class StreamingDecoder:

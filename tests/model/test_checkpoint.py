@@ -9,7 +9,7 @@ from lingbot_rt.cli import main as cli_main
 from lingbot_rt.model import CausalWanModel, model_config
 from lingbot_rt.model.checkpoint import (CheckpointError, load_experts, load_fast, load_model, save_model,
                                          INDEX_NAME)
-from lingbot_rt.model.tiny_checkpoint import make_tiny_checkpoint
+from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
 from tests.helpers import make_inputs, make_model
 
 

@@ -262,6 +262,29 @@ def test_stream_refuses_a_different_batch_or_grid(vae):
             stream.decode(random_latents(batch=2, frames=1, height=4))
 
 
+# --- streaming encode --------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk_frames", [(1, 4, 4, 8), (9, 4, 8), (1, 16), (5, 4, 4, 4, 4)])
+def test_streaming_encode_equals_whole_encode(vae, chunk_frames):
+    video = torch.rand(2, 3, sum(chunk_frames), 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.no_grad():
+        whole = vae.encode(video)
+        stream = vae.stream_encoder()
+        pieces = [stream.encode(chunk) for chunk in video.split(chunk_frames, dim=2)]
+    assert [p.shape[2] for p in pieces] == [(n - (i == 0)) // 4 + (i == 0) for i, n in enumerate(chunk_frames)]
+    torch.testing.assert_close(torch.cat(pieces, 2), whole, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunks,match", [((4,), r"1 \+ 4k frames on the first call"),
+                                          ((1, 5), "4k frames after the first call"),
+                                          ((1, 2), "4k frames after the first call")])
+def test_streaming_encode_refuses_misaligned_chunks(vae, chunks, match):
+    stream = vae.stream_encoder()
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        for n in chunks:
+            stream.encode(torch.zeros(1, 3, n, 16, 16))
+
+
 # --- bad inputs --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape,match", [((3, 5, 16, 16), r"\[B, 3, F, H, W\]"),

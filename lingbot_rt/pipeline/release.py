@@ -1,0 +1,94 @@
+"""A release root: every model file the streaming pipeline needs, found by upstream's names.
+
+    <root>/lingbot_world_fast/             the causal 4-step DiT (`load_fast`)
+    <root>/Wan2.1_VAE.pth                  the VAE
+    <root>/models_t5_umt5-xxl-enc-bf16.pth the umT5 encoder
+    <root>/google/umt5-xxl/tokenizer.json  its tokenizer
+    <root>/lingbot_rt.json                 optional: which named configs the files are
+
+Upstream's releases have no `lingbot_rt.json`; its absence means the full-size configs
+(`wan2.1` VAE, `umt5-xxl` encoder) at 480x832. Our own small releases (tiny checkpoints, the
+built-in world) write one, e.g. `{"vae": "tiny", "text_encoder": "tiny", "height": 64, "width": 64}`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from ..model.checkpoint import CheckpointError, load_fast
+from ..model.dit import CausalWanModel
+from ..model.text_encoder import TextEncoder
+from ..model.vae import WanVAE, load_vae
+
+VAE_FILE = "Wan2.1_VAE.pth"
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+TOKENIZER_DIR = "google/umt5-xxl"
+MANIFEST_FILE = "lingbot_rt.json"
+
+
+@dataclass(frozen=True)
+class ReleaseManifest:
+    """Named configs of a release's VAE and text encoder, and its native frame size."""
+
+    vae: str = "wan2.1"
+    text_encoder: str = "umt5-xxl"
+    height: int = 480
+    width: int = 832
+
+    @classmethod
+    def read(cls, root: Path) -> "ReleaseManifest":
+        path = root / MANIFEST_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(raw, dict) or set(raw) - known:
+            raise CheckpointError(f"{path}: expected an object with keys among {sorted(known)}, got {raw!r}")
+        return cls(**raw)
+
+    def write(self, root: Path) -> Path:
+        path = root / MANIFEST_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+
+@dataclass
+class Release:
+    """The loaded models of one release."""
+
+    dit: CausalWanModel
+    vae: WanVAE
+    text_encoder: TextEncoder
+    manifest: ReleaseManifest
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"missing {what}: {path} does not exist")
+    return path
+
+
+def load_release(root: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                 vae_dtype: torch.dtype = torch.float32, text_device: torch.device | str | None = None,
+                 text_dtype: torch.dtype = torch.bfloat16) -> Release:
+    """Load the Fast DiT and the VAE on `device`, the text encoder on `text_device` (default:
+    `device`; the CPU keeps 11 GB of umT5 off the GPU). Every file is checked before loading."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError(f"release root {root} is not a directory")
+    manifest = ReleaseManifest.read(root)
+    vae_path = _require(root / VAE_FILE, "VAE weights")
+    t5_path = _require(root / T5_FILE, "text encoder weights")
+    tokenizer_dir = _require(root / TOKENIZER_DIR, "tokenizer folder")
+    dit = load_fast(root, dtype=dtype, device=device)
+    vae = load_vae(vae_path, manifest.vae, dtype=vae_dtype, device=device)
+    text_encoder = TextEncoder.from_checkpoint(t5_path, tokenizer_dir, manifest.text_encoder,
+                                               device=device if text_device is None else text_device,
+                                               dtype=text_dtype, text_len=dit.cfg.text_len)
+    return Release(dit, vae, text_encoder, manifest)
