@@ -16,9 +16,10 @@ import time
 
 import torch
 
+from random_models import random_dit
 from results_io import finish
 
-from lingbot_rt.model import CacheConfig, CausalWanModel, model_config
+from lingbot_rt.model import CacheConfig, CausalWanModel
 from lingbot_rt.model.checkpoint import load_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -28,16 +29,7 @@ VAE_STRIDE = 8
 def build(args) -> CausalWanModel:
     if args.checkpoint:
         return load_model(args.checkpoint, DTYPES[args.dtype], args.device)
-    with torch.device("meta"):
-        model = CausalWanModel(model_config(args.config))
-    model = model.to(DTYPES[args.dtype]).to_empty(device=args.device)   # one allocation, in dtype
-    with torch.no_grad():
-        for p in model.parameters():   # random weights, scaled like a trained net's
-            p.normal_(0, 0.02) if p.dim() > 1 else p.zero_()
-        for m in model.modules():
-            if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 1 and "Norm" in type(m).__name__:
-                m.weight.fill_(1.0)
-    return model.eval()
+    return random_dit(args.config, DTYPES[args.dtype], args.device)
 
 
 def sync(device):
