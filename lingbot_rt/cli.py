@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .mp4")
     p.set_defaults(func=cmd_generate)
+
+    from .world.cli import add_world_commands
+    add_world_commands(sub)
     return parser
 
 

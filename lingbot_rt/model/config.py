@@ -121,6 +121,10 @@ NAMED_CONFIGS: dict[str, ModelConfig] = {
     # 22/21/21 RoPE split non-trivial (c=8 pairs -> 4/2/2).
     "tiny": ModelConfig(dim=64, ffn_dim=128, num_layers=2, num_heads=4, text_dim=32,
                         text_len=16, freq_dim=32),
+    # The built-in world's teacher and student (6.1M params; `lingbot_rt/world/`): 128x128
+    # frames are 8x8 tokens per latent frame; prompts are short, from a closed vocabulary.
+    "world": ModelConfig(dim=192, ffn_dim=576, num_layers=8, num_heads=3, text_dim=64,
+                         text_len=64, freq_dim=64),
 }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 NUM_TRAIN_TIMESTEPS = 1000
 SIGMA_MAX = 1.0 - 1.0 / NUM_TRAIN_TIMESTEPS   # first entry of Wan's training sigma table
 FAST_INDICES = (0, 179, 358, 679)
@@ -43,3 +45,35 @@ class FewStepSchedule:
             raise ValueError(f"schedule indices {indices} must lie in [0, {num_steps})")
         sigmas = [shift_sigma(SIGMA_MAX * (1 - i / num_steps), shift) for i in indices]
         return cls(tuple(sigmas), tuple(float(int(s * NUM_TRAIN_TIMESTEPS)) for s in sigmas))
+
+
+def euler_sigmas(num_steps: int, shift: float) -> list[float]:
+    """The `num_steps + 1` sigmas of a shifted uniform Euler schedule, from 1 down to 0."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return [shift_sigma(1.0 - i / num_steps, shift) for i in range(num_steps + 1)]
+
+
+def sample_euler(model, noise, context, y, control, *, num_steps: int = 50, shift: float = 3.0,
+                 guidance: float = 1.0, uncond_context=None, uncond_control=None, attention: str = "bidirectional"):
+    """Integrate the flow ODE from noise [B, 16, F, H, W] to clean latents with the whole-clip
+    `model.forward` (the bidirectional teacher): Euler steps x += (sigma_next - sigma) * v.
+    With guidance != 1, v = v_u + guidance * (v_c - v_u), the unconditional pass taking
+    `uncond_context` / `uncond_control` (the dropped prompt and control of training)."""
+    x = noise.float()
+    sigmas = euler_sigmas(num_steps, shift)
+    guided = guidance != 1.0
+    if guided and uncond_context is None:
+        raise ValueError("guidance needs uncond_context (and uncond_control if the model is steered)")
+    for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+        t = torch.full((x.shape[0],), sigma * NUM_TRAIN_TIMESTEPS, device=x.device)
+        if guided:
+            v_both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, uncond_context]),
+                           None if y is None else torch.cat([y, y]),
+                           None if control is None else torch.cat([control, uncond_control]), attention=attention)
+            v_cond, v_uncond = v_both.chunk(2)
+            v = v_uncond + guidance * (v_cond - v_uncond)
+        else:
+            v = model(x, t, context, y, control, attention=attention)
+        x = x + (next_sigma - sigma) * v
+    return x

@@ -87,6 +87,9 @@ NAMED_T5_CONFIGS: dict[str, T5Config] = {
     # For tests: the real module tree, tiny widths; dim 32 is the tiny DiT's text_dim.
     "tiny": T5Config(vocab_size=64, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2,
                      num_buckets=8),
+    # The built-in world's encoder (frozen at its random init; dim 64 = the world DiT's text_dim).
+    "world": T5Config(vocab_size=256, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2,
+                      num_buckets=8),
 }
 
 
@@ -280,14 +283,17 @@ class PromptTokenizer:
         return ids, mask
 
 
-def make_tiny_tokenizer(folder: str | Path) -> Path:
-    """Write a tiny T5-layout `tokenizer.json` (pad 0, eos 1, unk 2; a few words and every
-    lowercase letter, so any lowercase prompt tokenizes) for tiny checkpoints and tests."""
-    words = ["a", "the", "red", "car", "drives", "on", "road", "in", "snow", "forest", "city",
-             "at", "night", "camera", "moves", "forward", "left", "right", "walks", "through"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+TINY_WORDS = ("a", "the", "red", "car", "drives", "on", "road", "in", "snow", "forest", "city",
+              "at", "night", "camera", "moves", "forward", "left", "right", "walks", "through")
+
+
+def make_tiny_tokenizer(folder: str | Path, words: tuple[str, ...] = TINY_WORDS) -> Path:
+    """Write a small T5-layout `tokenizer.json` (pad 0, eos 1, unk 2; one piece per word of
+    `words`, plus every lowercase letter and ',', so any lowercase prompt tokenizes) for tiny
+    checkpoints, tests and the built-in world's closed vocabulary."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [","]
     vocab = [(PAD_TOKEN, 0.0), (EOS_TOKEN, 0.0), (UNK_TOKEN, 0.0), ("\u2581", -2.0)]
-    vocab += [(f"\u2581{w}", -1.0) for w in words] + [(c, -5.0) for c in letters]
+    vocab += [(f"\u2581{w}", -1.0) for w in dict.fromkeys(words)] + [(c, -5.0) for c in letters]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {EOS_TOKEN}",
@@ -301,14 +307,14 @@ def make_tiny_tokenizer(folder: str | Path) -> Path:
 
 # --- checkpoints ---------------------------------------------------------------------------
 
-def load_encoder(checkpoint: str | Path, config: str = "umt5-xxl", device: torch.device | str = "cpu",
+def load_encoder(checkpoint: str | Path, config: str | T5Config = "umt5-xxl", device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.bfloat16) -> UMT5Encoder:
     """Build, validate and load the encoder (`models_t5_umt5-xxl-enc-bf16.pth` or safetensors):
     on the meta device, cast there, materialised once on `device`, weights copied in."""
     if dtype == torch.float16:
         raise ValueError("umT5 overflows in float16: use torch.bfloat16 or torch.float32")
     with torch.device("meta"):
-        model = UMT5Encoder(t5_config(config))
+        model = UMT5Encoder(t5_config(config) if isinstance(config, str) else config)
     model = load_weights_file(model, checkpoint, dtype, device, what="text encoder")
     log.info("loaded %s: %.2fB params, %s on %s", checkpoint, model.num_params() / 1e9, dtype, device)
     return model.requires_grad_(False)
@@ -339,7 +345,7 @@ class TextEncoder:
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()   # cleaned prompt -> [len, dim]
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, tokenizer_dir: str | Path, config: str = "umt5-xxl",
+    def from_checkpoint(cls, checkpoint: str | Path, tokenizer_dir: str | Path, config: str | T5Config = "umt5-xxl",
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
                         cache_size: int = 64, text_len: int = TEXT_LEN) -> "TextEncoder":
         tokenizer = PromptTokenizer.from_folder(tokenizer_dir, text_len)

@@ -8,7 +8,9 @@
 
 Upstream's releases have no `lingbot_rt.json`; its absence means the full-size configs
 (`wan2.1` VAE, `umt5-xxl` encoder) at 480x832. Our own small releases (tiny checkpoints, the
-built-in world) write one, e.g. `{"vae": "tiny", "text_encoder": "tiny", "height": 64, "width": 64}`.
+built-in world) write one, e.g. `{"vae": "tiny", "text_encoder": "tiny", "height": 64, "width": 64}`;
+`vae` / `text_encoder` may also be the config's fields (a trained VAE carries its own latent
+mean and std).
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from ..config_io import config_from_dict
 from ..model.checkpoint import CheckpointError, load_fast
 from ..model.dit import CausalWanModel
-from ..model.text_encoder import TextEncoder
-from ..model.vae import WanVAE, load_vae
+from ..model.text_encoder import T5Config, TextEncoder, t5_config
+from ..model.vae import VAEConfig, WanVAE, load_vae, vae_config
 
 VAE_FILE = "Wan2.1_VAE.pth"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -31,12 +34,22 @@ MANIFEST_FILE = "lingbot_rt.json"
 
 @dataclass(frozen=True)
 class ReleaseManifest:
-    """Named configs of a release's VAE and text encoder, and its native frame size."""
+    """Configs of a release's VAE and text encoder (a name or the fields), its native frame size."""
 
-    vae: str = "wan2.1"
-    text_encoder: str = "umt5-xxl"
+    vae: str | dict = "wan2.1"
+    text_encoder: str | dict = "umt5-xxl"
     height: int = 480
     width: int = 832
+
+    def vae_config(self) -> VAEConfig:
+        if isinstance(self.vae, str):
+            return vae_config(self.vae)
+        return config_from_dict(VAEConfig, self.vae, f"{MANIFEST_FILE} vae")
+
+    def text_encoder_config(self) -> T5Config:
+        if isinstance(self.text_encoder, str):
+            return t5_config(self.text_encoder)
+        return config_from_dict(T5Config, self.text_encoder, f"{MANIFEST_FILE} text_encoder")
 
     @classmethod
     def read(cls, root: Path) -> "ReleaseManifest":
@@ -50,7 +63,12 @@ class ReleaseManifest:
         known = {f.name for f in fields(cls)}
         if not isinstance(raw, dict) or set(raw) - known:
             raise CheckpointError(f"{path}: expected an object with keys among {sorted(known)}, got {raw!r}")
-        return cls(**raw)
+        manifest = cls(**raw)
+        try:
+            manifest.vae_config(), manifest.text_encoder_config()
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        return manifest
 
     def write(self, root: Path) -> Path:
         path = root / MANIFEST_FILE
@@ -87,8 +105,8 @@ def load_release(root: str | Path, *, device: torch.device | str = "cpu", dtype:
     t5_path = _require(root / T5_FILE, "text encoder weights")
     tokenizer_dir = _require(root / TOKENIZER_DIR, "tokenizer folder")
     dit = load_fast(root, dtype=dtype, device=device)
-    vae = load_vae(vae_path, manifest.vae, dtype=vae_dtype, device=device)
-    text_encoder = TextEncoder.from_checkpoint(t5_path, tokenizer_dir, manifest.text_encoder,
+    vae = load_vae(vae_path, manifest.vae_config(), dtype=vae_dtype, device=device)
+    text_encoder = TextEncoder.from_checkpoint(t5_path, tokenizer_dir, manifest.text_encoder_config(),
                                                device=device if text_device is None else text_device,
                                                dtype=text_dtype, text_len=dit.cfg.text_len)
     return Release(dit, vae, text_encoder, manifest)

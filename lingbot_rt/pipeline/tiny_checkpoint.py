@@ -17,8 +17,8 @@ import torch
 from ..model.checkpoint import FAST_DIR, HIGH_NOISE_DIR, LOW_NOISE_DIR, save_model
 from ..model.config import model_config
 from ..model.dit import CausalWanModel
-from ..model.text_encoder import UMT5Encoder, make_tiny_tokenizer, save_encoder, t5_config
-from ..model.vae import WanVAE, save_vae, vae_config
+from ..model.text_encoder import UMT5Encoder, make_tiny_tokenizer, save_encoder
+from ..model.vae import WanVAE, save_vae
 from .release import T5_FILE, TOKENIZER_DIR, VAE_FILE, ReleaseManifest
 
 TINY_MANIFEST = ReleaseManifest(vae="tiny", text_encoder="tiny", height=64, width=64)
@@ -40,8 +40,8 @@ def make_tiny_checkpoint(out: str | Path, *, config: str = "tiny", control_type:
         save_model(model.to(dtype), out / name, num_shards=num_shards, fmt=fmt, class_name=class_name,
                    extra_config=extra)
     torch.manual_seed(generator_seed)
-    save_vae(WanVAE(vae_config(manifest.vae)), out / VAE_FILE)
-    text_cfg = t5_config(manifest.text_encoder)
+    save_vae(WanVAE(manifest.vae_config()), out / VAE_FILE)
+    text_cfg = manifest.text_encoder_config()
     if text_cfg.dim != cfg.text_dim:
         raise ValueError(f"text encoder {manifest.text_encoder!r} (dim {text_cfg.dim}) does not fit "
                          f"DiT config {config!r} (text_dim {cfg.text_dim})")

@@ -1,0 +1,164 @@
+"""`lingbot-rt world ...`: commands of the built-in world.
+
+    lingbot-rt world gen-data --out data/world --clips 1000 --frames 81 --height 240 --width 416
+    lingbot-rt world train-vae --data data/world --out runs/world/vae --minutes 5
+    lingbot-rt world train-teacher --data data/world --vae runs/world/vae --out runs/world/teacher --minutes 9
+    lingbot-rt world eval --data data/world-heldout --vae runs/world/vae --teacher runs/world/teacher/teacher \
+        --probe-data data/world --out runs/world/eval
+
+`add_world_commands(subparsers)` adds the `world` command to the main parser's subparsers;
+`build(parser)` fills any parser with the world subcommands (tests use a fresh one). Each
+subcommand sets `func(args) -> exit code`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_gen_data(args) -> int:
+    from .data import generate_dataset
+    out = generate_dataset(args.out, num_clips=args.clips, frames_per_clip=args.frames, height=args.height,
+                           width=args.width, seed=args.seed, shard_size=args.shard_size, device=args.device,
+                           progress=not args.quiet)
+    print(f"wrote {args.clips} clips under {out}")
+    return 0
+
+
+def _device(name: str | None) -> str:
+    import torch
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_train_vae(args) -> int:
+    from .train_vae import VAETrainConfig, train_vae
+    config = VAETrainConfig(dim=args.dim, batch_size=args.batch_size, steps=args.steps, minutes=args.minutes,
+                            lr=args.lr, seed=args.seed, window_frames=args.window_frames,
+                            stats_windows=args.stats_windows)
+    out = train_vae(args.data, args.out, config, max_clips=args.max_clips, device=_device(args.device))
+    print(f"VAE written to {out}")
+    return 0
+
+
+def _world_text_encoder(device):
+    import tempfile
+
+    from ..model.text_encoder import PromptTokenizer, TextEncoder
+    from ..model.config import model_config
+    from .text import make_world_text_encoder, make_world_tokenizer
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = PromptTokenizer.from_folder(make_world_tokenizer(folder), model_config("world").text_len)
+    return TextEncoder(make_world_text_encoder().to(device), tokenizer)
+
+
+def _conditioned(args, device):
+    from .clips import load_clip_tensors
+    from .latents import condition_clips
+    from .train_vae import load_trained_vae
+    vae = load_trained_vae(args.vae, device=device)
+    clips = load_clip_tensors(args.data, max_clips=args.max_clips, device=device)
+    from ..model.config import model_config
+    return condition_clips(clips, vae, _world_text_encoder(device), model_config("world").text_len, device)
+
+
+def cmd_train_teacher(args) -> int:
+    from .train_teacher import TeacherTrainConfig, train_teacher
+    device = _device(args.device)
+    config = TeacherTrainConfig(batch_size=args.batch_size, steps=args.steps, minutes=args.minutes, lr=args.lr,
+                                seed=args.seed)
+    out = train_teacher(_conditioned(args, device), args.out, config)
+    print(f"teacher written to {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    import torch
+    from ..model.checkpoint import load_model
+    from .clips import load_clip_tensors
+    from .evaluate import evaluate_teacher
+    from .pose_probe import PoseProbe, train_probe
+    from .train_vae import load_trained_vae
+    device = _device(args.device)
+    vae = load_trained_vae(args.vae, device=device)
+    model = load_model(args.teacher, dtype=torch.float32, device=device).eval()
+    clips = load_clip_tensors(args.data, max_clips=args.clips, device=device)
+    probe_path = Path(args.out) / "probe.pt"
+    if probe_path.is_file():
+        probe = PoseProbe().to(device)
+        probe.load_state_dict(torch.load(probe_path, map_location=device))
+    else:
+        probe = train_probe(load_clip_tensors(args.probe_data, max_clips=args.probe_clips, device=device),
+                            steps=args.probe_steps)
+        probe_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(probe.state_dict(), probe_path)
+    report = evaluate_teacher(model, vae, _world_text_encoder(device), clips, probe.eval(), num_steps=args.steps,
+                              guidance=args.guidance, out_dir=args.out)
+    summary = {k: report[k]["psnr"] for k in ("model", "copy_first_frame", "vae_reconstruction")}
+    print(json.dumps({"psnr": summary, "action_following": report["action_following"]}, indent=2))
+    return 0
+
+
+def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the world subcommands to `parser`; returns it."""
+    sub = parser.add_subparsers(dest="world_command", required=True)
+    p = sub.add_parser("gen-data", help="render training clips of the built-in world (LingBot input format)")
+    p.add_argument("--out", required=True, help="dataset directory (created; an existing one is resumed)")
+    p.add_argument("--clips", type=int, required=True, help="number of clips")
+    p.add_argument("--frames", type=int, default=81, help="frames per clip, 4n+1")
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--width", type=int, default=416)
+    p.add_argument("--seed", type=int, default=0, help="dataset seed: clip i's map and walk come from (seed, i)")
+    p.add_argument("--shard-size", type=int, default=100, help="clips per shard directory")
+    p.add_argument("--device", default="cpu", help="render device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_gen_data)
+
+    p = sub.add_parser("train-vae", help="train the world's small Wan2.1-architecture VAE")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--window-frames", type=int, default=9, help="frames per training window, 1 + 4k")
+    p.add_argument("--stats-windows", type=int, default=256, help="windows measured for the latent mean/std")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=20_000, help="total steps of the run")
+    p.add_argument("--minutes", type=float, help="stop this invocation after this wall-clock time")
+    p.add_argument("--max-clips", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_train_vae)
+
+    p = sub.add_parser("train-teacher", help="train the world's bidirectional teacher DiT (flow matching)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--vae", required=True, help="a train-vae run directory")
+    p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=30_000, help="total steps of the run")
+    p.add_argument("--minutes", type=float, help="stop this invocation after this wall-clock time")
+    p.add_argument("--max-clips", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("eval", help="generate held-out clips and compare with the renderer's ground truth")
+    p.add_argument("--data", required=True, help="held-out clips (another gen-data seed)")
+    p.add_argument("--vae", required=True)
+    p.add_argument("--teacher", required=True, help="a model directory (config.json + weights)")
+    p.add_argument("--probe-data", required=True, help="clips to train the pose probe on (the training set)")
+    p.add_argument("--probe-clips", type=int, default=500)
+    p.add_argument("--probe-steps", type=int, default=2000)
+    p.add_argument("--clips", type=int, default=32)
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def add_world_commands(subparsers) -> argparse.ArgumentParser:
+    """Register `world` on the main CLI's subparsers (the result of `add_subparsers`)."""
+    return build(subparsers.add_parser("world", help="the built-in procedural world: data, training, evaluation"))

@@ -1,0 +1,70 @@
+"""Clips -> what the DiT reads: clean latents, the I2V condition, the ray control, the prompt.
+
+Every tensor is made exactly as the streaming pipeline makes it at play time, so the teacher,
+the student and the server see one input distribution:
+
+* x0: `vae.encode(frames)`, normalised, [16, F_lat, h, w];
+* y: mask (1 on latent frame 0) + `vae.encode(image + black frames)` (upstream's I2V latent);
+* control: `control_embedding` of the latent frames' poses (every 4th video frame, as
+  upstream resamples a 4n+1 clip) with the fixed streaming translation scale, cam rays, bf16;
+* context: the prompt's umT5 features, zero-padded to the DiT's text_len.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from ..model.controls import VIDEO_FRAMES_PER_LATENT, control_embedding
+from ..model.image_condition import MASK_CHANNELS
+from ..model.text_encoder import TextEncoder
+from ..model.vae import WanVAE
+from .clips import ClipTensors
+
+
+@dataclass
+class ConditionedClips:
+    x0: torch.Tensor          # [N, 16, F_lat, h, w] bf16
+    y: torch.Tensor           # [N, 20, F_lat, h, w] bf16
+    control: torch.Tensor     # [N, 384, F_lat, h, w] bf16
+    context: torch.Tensor     # [N, text_len, text_dim] bf16
+    empty_context: torch.Tensor   # [text_len, text_dim]: the dropped prompt ("")
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+
+def pad_features(features: torch.Tensor, text_len: int) -> torch.Tensor:
+    out = torch.zeros(text_len, features.shape[1], dtype=features.dtype, device=features.device)
+    out[:min(text_len, len(features))] = features[:text_len]
+    return out
+
+
+def video_tensor(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, F, H, W, 3] -> float [B, 3, F, H, W] in [-1, 1]."""
+    return frames_uint8.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def condition_clips(clips: ClipTensors, vae: WanVAE, text_encoder: TextEncoder, text_len: int,
+                    device: torch.device | str, batch_size: int = 8, control_type: str = "cam") -> ConditionedClips:
+    device = torch.device(device)
+    height, width = clips.frames.shape[2:4]
+    x0, y, control = [], [], []
+    for start in tqdm(range(0, len(clips), batch_size), desc="encode clips", unit="batch", leave=False):
+        frames = video_tensor(clips.frames[start:start + batch_size].to(device))
+        x0.append(vae.encode(frames).to(torch.bfloat16))
+        image_clip = torch.full_like(frames, -1.0)
+        image_clip[:, :, 0] = frames[:, :, 0]
+        y_lat = vae.encode(image_clip)
+        mask = torch.zeros(y_lat.shape[0], MASK_CHANNELS, *y_lat.shape[2:], device=device)
+        mask[:, :, 0] = 1.0
+        y.append(torch.cat([mask, y_lat], 1).to(torch.bfloat16))
+        for index in range(start, min(start + batch_size, len(clips))):
+            poses = clips.poses[index, ::VIDEO_FRAMES_PER_LATENT].cpu().numpy()
+            control.append(control_embedding(poses, clips.intrinsics[index].cpu().numpy(), height, width,
+                                             control_type).to(device))
+    features = text_encoder.encode(clips.prompts + [""])
+    padded = [pad_features(f, text_len).to(device, torch.bfloat16) for f in features]
+    return ConditionedClips(torch.cat(x0), torch.cat(y), torch.stack(control), torch.stack(padded[:-1]), padded[-1])

@@ -1,0 +1,82 @@
+"""A camera-motion probe: from two frames 4 apart, the motion between them.
+
+A small CNN trained on the renderer's frames and exact poses. It turns "does the generated
+video follow the actions?" into numbers: run it on generated frames and compare its estimate
+with the commanded motion (and run it on the true frames for its own error floor).
+
+Motion of frame t -> t + 4, in frame t's camera (OpenCV axes): right (x), forward (z),
+yaw (about the vertical, + = turning right, as L), pitch change (+ = looking up, as I);
+targets are divided by their largest value under the controls (0.2 units, 8 degrees).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .clips import ClipTensors
+
+GAP = 4
+MOTION_SCALE = torch.tensor([0.2, 0.2, math.radians(8.0), math.radians(8.0)])
+MOTION_NAMES = ("right", "forward", "yaw", "pitch")
+
+
+def relative_motion(poses_a: torch.Tensor, poses_b: torch.Tensor) -> torch.Tensor:
+    """c2w [N, 4, 4] pairs -> [N, 4] (right, forward, yaw, pitch change), unscaled (units, radians)."""
+    # horizontal motion in camera a's yaw-only frame (its forward axis projected onto the floor)
+    yaw_a = torch.atan2(poses_a[:, 0, 2], poses_a[:, 2, 2])
+    delta = poses_b[:, :3, 3] - poses_a[:, :3, 3]
+    right = delta[:, 0] * torch.cos(yaw_a) - delta[:, 2] * torch.sin(yaw_a)
+    forward = delta[:, 0] * torch.sin(yaw_a) + delta[:, 2] * torch.cos(yaw_a)
+    yaw = torch.atan2(poses_b[:, 0, 2], poses_b[:, 2, 2]) - yaw_a
+    yaw = torch.remainder(yaw + math.pi, 2 * math.pi) - math.pi
+
+    def pitch(poses):            # elevation of the forward axis; +y is down, so up is -y
+        return torch.asin((-poses[:, 1, 2]).clamp(-1, 1))
+    return torch.stack([right, forward, yaw, pitch(poses_b) - pitch(poses_a)], -1)
+
+
+class PoseProbe(nn.Module):
+    def __init__(self, width: int = 32):
+        super().__init__()
+        widths = [6, width, 2 * width, 4 * width, 4 * width, 8 * width]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(widths, widths[1:]))
+        self.head = nn.Linear(widths[-1], len(MOTION_NAMES))
+
+    def forward(self, frame_a: torch.Tensor, frame_b: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] pairs -> scaled motion [N, 4]."""
+        x = torch.cat([frame_a, frame_b], -1).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        for conv in self.convs:
+            x = F.silu(conv(x))
+        return self.head(x.mean((2, 3)))
+
+    @torch.no_grad()
+    def motion(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames uint8 [F, H, W, 3] -> unscaled motion [F - GAP, 4] of every (t, t + GAP) pair."""
+        first, second = frames[:-GAP], frames[GAP:]
+        scaled = torch.cat([self(a, b) for a, b in zip(first.split(64), second.split(64))])
+        return scaled * MOTION_SCALE.to(scaled.device)
+
+
+def train_probe(clips: ClipTensors, steps: int = 2000, batch_size: int = 128, seed: int = 0) -> PoseProbe:
+    device = clips.frames.device
+    generator = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = PoseProbe().to(device)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    scale = MOTION_SCALE.to(device)
+    for _ in tqdm(range(steps), desc="train-probe", unit="step", leave=False):
+        clip = torch.randint(len(clips), (batch_size,), generator=generator, device=device)
+        start = torch.randint(clips.num_frames - GAP, (batch_size,), generator=generator, device=device)
+        target = relative_motion(clips.poses[clip, start].double(), clips.poses[clip, start + GAP].double()).float()
+        loss = F.smooth_l1_loss(probe(clips.frames[clip, start], clips.frames[clip, start + GAP]), target / scale,
+                                beta=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return probe.eval()
