@@ -107,6 +107,8 @@ NAMED_VAE_CONFIGS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(),
     # For a built-in world at 128x128: the full tree at a third of the width.
     "small": VAEConfig(dim=32),
+    # The built-in world's VAE at 128x128 (3.6M params; its latent statistics come from training).
+    "world": VAEConfig(dim=16),
     # For tests: every module kind (shortcuts, both resample kinds, middle attention), tiny widths.
     "tiny": VAEConfig(dim=8, dim_mult=(1, 2, 2, 2)),
 }
