@@ -252,7 +252,8 @@ class StreamingInference:
         """One session's block latents [16, F, h, w] -> uint8 frames [T, H, W, 3]."""
         return frames_to_uint8(session.decoder.decode(latents[None])[0])
 
-    def _sync(self) -> None:
+    def synchronize(self) -> None:
+        """Wait for the device (timings)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -273,7 +274,7 @@ class StreamingInference:
                 start = time.perf_counter()
                 plan = self.plan(session, source.block(*self.actions_needed(session)))
                 latents = self.denoise([session], [plan])
-                self._sync()
+                self.synchronize()
                 denoised = time.perf_counter()
                 frames = self.decode(session, latents[0])
                 decoded = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Serving: the gateway, the scheduler, the stages, the metrics."""

@@ -1,0 +1,244 @@
+"""The session scheduler: vLLM V1's shape for blocks of video instead of tokens.
+
+A session is a request that never ends; its "decode step" is one block (3 latent frames, 12
+video frames). Every engine step:
+
+1. admits waiting sessions (FCFS) into free KV-cache slots (a slot = one row of the pool
+   `StreamingInference` preallocates; the pool size caps sessions per GPU);
+2. picks up to `max_batch` running sessions, earliest frame deadline first (a session's next
+   block is due one block-duration after its previous one: deadline-aware fairness, as
+   StreamDiffusionV2's SLO-aware batching), sessions at any position in their streams;
+3. reads each one's latest action (the block's keys are fixed here; later input goes to the
+   next block), plans, denoises the batch in one set of DiT passes, then decodes each
+   session's block with its own streaming VAE decoder and hands the frames to `on_output`.
+
+A full pool queues new sessions up to `max_waiting`, then refuses them (`CapacityError`):
+for an interactive stream, refusal beats preemption (a preempted player would freeze).
+Failure isolation: a session whose plan or decode raises is dropped alone (`on_error`); a
+DiT batch that raises drops the sessions of that batch (their caches may be half-written),
+never the others.
+
+Thread model: `add_session` / `set_action` / `remove_session` are called from the gateway's
+threads; `step` runs on the engine thread (`start`). One lock guards the queues; the GPU
+work runs outside it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..model.controls import KEYS, check_key
+from ..model.image_condition import load_image
+from ..pipeline.streaming import CapacityError, Session, StreamingInference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 4        # sessions batched in one DiT step
+    max_waiting: int = 4      # sessions queued for a free KV slot; beyond it add_session refuses
+    idle_sleep_s: float = 0.002
+
+    def __post_init__(self):
+        if self.max_batch < 1 or self.max_waiting < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_waiting >= 0, got {self}")
+
+
+@dataclass
+class BlockOutput:
+    session_id: str
+    block_index: int
+    first_frame: int          # index of the block's first video frame in the session
+    frames: np.ndarray        # uint8 [T, H, W, 3]
+    action_seq: int           # sequence number of the action that conditioned this block (-1: none yet)
+    client_time: float        # that action's echoed client timestamp (0.0: none)
+    timings: dict[str, float]  # seconds: queue, denoise, decode
+
+
+@dataclass
+class _Action:
+    keys: frozenset[str] = frozenset()
+    seq: int = -1
+    client_time: float = 0.0
+
+
+@dataclass
+class _Entry:
+    session_id: str
+    image: object
+    prompt: str
+    seed: int
+    action: _Action = field(default_factory=_Action)
+    session: Session | None = None           # set once admitted
+    blocks: int = 0
+    deadline: float = 0.0                    # monotonic time its next block is due
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    def __init__(self, pipeline: StreamingInference, config: SchedulerConfig,
+                 on_output: Callable[[BlockOutput], None], on_error: Callable[[str, Exception], None]):
+        self.pipeline, self.config = pipeline, config
+        self.on_output, self.on_error = on_output, on_error
+        self.height, self.width, self.fps = pipeline.height, pipeline.width, pipeline.config.fps
+        self.block_seconds = pipeline.config.block_frames * 4 / self.fps
+        self._lock = threading.Lock()
+        self._waiting: deque[_Entry] = deque()
+        self._running: dict[str, _Entry] = {}
+        self._removed: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- called by the gateway -----------------------------------------------------------
+    def add_session(self, session_id: str, image, prompt: str, seed: int = 0) -> None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        load_image(image, self.height, self.width)              # refuse a bad image now, not in the engine
+        with self._lock:
+            if session_id in self._running or any(e.session_id == session_id for e in self._waiting):
+                raise ValueError(f"session {session_id!r} already exists")
+            beyond_free_slots = len(self._waiting) - self.pipeline.free_slots   # would wait for a slot
+            if beyond_free_slots >= self.config.max_waiting:
+                raise CapacityError(f"server full: {len(self._running)} sessions playing of "
+                                    f"{self.pipeline.config.max_sessions} and {len(self._waiting)} waiting; "
+                                    "try again later")
+            self._removed.discard(session_id)
+            self._waiting.append(_Entry(session_id, image, prompt, seed))
+
+    def set_action(self, session_id: str, keys: str | Iterable[str], seq: int, client_time: float) -> None:
+        held = frozenset(check_key(k) for k in keys)
+        with self._lock:
+            entry = self._running.get(session_id) or next((e for e in self._waiting if e.session_id == session_id),
+                                                           None)
+            if entry is None:
+                raise KeyError(f"unknown session {session_id!r}")
+            if seq > entry.action.seq:                        # out-of-order arrivals never go back in time
+                entry.action = _Action(held, seq, client_time)
+
+    def remove_session(self, session_id: str) -> None:
+        with self._lock:
+            self._waiting = deque(e for e in self._waiting if e.session_id != session_id)
+            if session_id in self._running:
+                self._removed.add(session_id)             # the engine frees its slot between steps
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"running": len(self._running), "waiting": len(self._waiting),
+                    "max_sessions": self.pipeline.config.max_sessions}
+
+    # ---- the engine ----------------------------------------------------------------------
+    def _release_removed(self) -> None:
+        with self._lock:
+            removed = [self._running.pop(s) for s in list(self._removed) if s in self._running]
+            self._removed.clear()
+        for entry in removed:
+            self.pipeline.close_session(entry.session)
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting or self.pipeline.free_slots == 0:
+                    return
+                entry = self._waiting.popleft()
+            try:
+                entry.session = self.pipeline.open_session(entry.image, entry.prompt, entry.seed)
+            except Exception as exc:                            # noqa: BLE001 - isolate the session
+                log.warning("session %s failed to start: %s", entry.session_id, exc)
+                self.on_error(entry.session_id, exc)
+                continue
+            entry.image = None
+            entry.deadline = time.monotonic()
+            with self._lock:
+                if entry.session_id in self._removed:           # removed while it was being opened
+                    self._removed.discard(entry.session_id)
+                    self.pipeline.close_session(entry.session)
+                    continue
+                self._running[entry.session_id] = entry
+
+    def _pick(self) -> list[tuple[_Entry, _Action]]:
+        with self._lock:
+            ready = sorted(self._running.values(), key=lambda e: e.deadline)[: self.config.max_batch]
+            return [(entry, entry.action) for entry in ready]
+
+    def _plan(self, entry: _Entry, action: _Action):
+        _, num = self.pipeline.actions_needed(entry.session)
+        row = np.array([key in action.keys for key in KEYS], np.float32)
+        return self.pipeline.plan(entry.session, np.tile(row, (num, 1)))
+
+    def _fail(self, entry: _Entry, exc: Exception) -> None:
+        log.warning("session %s failed: %s", entry.session_id, exc)
+        with self._lock:
+            self._running.pop(entry.session_id, None)
+        self.pipeline.close_session(entry.session)
+        self.on_error(entry.session_id, exc)
+
+    def step(self) -> int:
+        """One engine iteration; returns the number of blocks produced."""
+        self._release_removed()
+        self._admit()
+        start = time.monotonic()
+        batch = []
+        for entry, action in self._pick():
+            try:                                   # a bad plan touches no state: drop only that session
+                batch.append((entry, action, self._plan(entry, action)))
+            except Exception as exc:               # noqa: BLE001 - isolate the session
+                self._fail(entry, exc)
+        if not batch:
+            return 0
+        try:
+            latents = self.pipeline.denoise([e.session for e, _, _ in batch], [p for _, _, p in batch])
+            self.pipeline.synchronize()
+        except Exception as exc:                   # noqa: BLE001 - the batch's caches are suspect: drop it
+            for entry, _, _ in batch:
+                self._fail(entry, exc)
+            return 0
+        denoised = time.monotonic()
+        produced = 0
+        for (entry, action, plan), block in zip(batch, latents):
+            decode_start = time.monotonic()
+            try:
+                frames = self.pipeline.decode(entry.session, block)
+            except Exception as exc:               # noqa: BLE001 - each session has its own decoder
+                self._fail(entry, exc)
+                continue
+            output = BlockOutput(entry.session_id, entry.blocks, plan.first_frame, frames, action.seq,
+                                 action.client_time, {"queue": max(0.0, start - entry.deadline),
+                                                      "denoise": denoised - start,
+                                                      "decode": time.monotonic() - decode_start})
+            entry.blocks += 1
+            entry.deadline = max(entry.deadline + self.block_seconds, start)
+            produced += 1
+            self.on_output(output)
+        return produced
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the scheduler is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="lingbot-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self.step() == 0:
+                time.sleep(self.config.idle_sleep_s)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            entries = list(self._running.values())
+            self._running.clear()
+            self._waiting.clear()
+        for entry in entries:
+            self.pipeline.close_session(entry.session)
+

@@ -1,0 +1,170 @@
+"""The session scheduler on a tiny release (CPU, 64x64)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lingbot_rt.model.image_condition import ImageError
+from lingbot_rt.pipeline import StreamConfig, StreamingInference
+from lingbot_rt.pipeline.streaming import CapacityError
+from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
+from lingbot_rt.services.scheduler import Scheduler, SchedulerConfig
+from tests.test_streaming import start_image
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("release") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def pipeline(release):
+    return StreamingInference.from_release(release, StreamConfig(max_sessions=2), dtype=torch.float32)
+
+
+class Recorder:
+    def __init__(self):
+        self.outputs, self.errors = [], []
+
+    def output(self, block):
+        self.outputs.append(block)
+
+    def error(self, session_id, exc):
+        self.errors.append((session_id, exc))
+
+    def of(self, session_id):
+        return [o for o in self.outputs if o.session_id == session_id]
+
+
+def make(pipeline, **config):
+    recorder = Recorder()
+    scheduler = Scheduler(pipeline, SchedulerConfig(**config), recorder.output, recorder.error)
+    return scheduler, recorder
+
+
+@pytest.fixture
+def scheduler(pipeline):
+    scheduler, recorder = make(pipeline, max_waiting=1)
+    yield scheduler, recorder
+    scheduler.shutdown()
+    assert pipeline.free_slots == 2
+
+
+def test_sessions_at_different_positions_share_a_step(scheduler):
+    scheduler, recorder = scheduler
+    scheduler.add_session("a", start_image(seed=1), "a forest", seed=1)
+    assert scheduler.step() == 1 and scheduler.step() == 1
+    scheduler.add_session("b", start_image(seed=2), "a city", seed=2)
+    assert scheduler.step() == 2                                     # a's block 2 with b's block 0
+    assert [o.block_index for o in recorder.of("a")] == [0, 1, 2]
+    assert [o.first_frame for o in recorder.of("a")] == [0, 9, 21]
+    assert [len(o.frames) for o in recorder.of("a")] == [9, 12, 12]
+    assert [o.block_index for o in recorder.of("b")] == [0]
+    assert recorder.of("b")[0].frames.shape == (9, 64, 64, 3)
+
+
+def test_scheduled_frames_equal_the_single_stream(pipeline, scheduler):
+    scheduler, recorder = scheduler
+    image = start_image(seed=3)
+    reference = [b.frames for b in pipeline.stream_generate(image, "a road", lambda: "w", num_frames=33, seed=5)]
+    scheduler.add_session("a", image, "a road", seed=5)
+    scheduler.add_session("other", start_image(seed=4), "a forest", seed=6)    # shares every batch
+    for seq in range(3):
+        scheduler.set_action("a", "w", seq, 0.0)
+        scheduler.step()
+    scheduled = [o.frames for o in recorder.of("a")]
+    assert [f.shape for f in scheduled] == [f.shape for f in reference]
+    for got, want in zip(scheduled, reference):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1     # batched float sums may round apart
+
+
+def test_latest_action_at_block_start_conditions_the_block(scheduler):
+    scheduler, recorder = scheduler
+    scheduler.add_session("a", start_image(), "a road")
+    scheduler.step()
+    assert recorder.outputs[-1].action_seq == -1 and recorder.outputs[-1].client_time == 0.0
+    scheduler.set_action("a", "w", 1, 10.0)
+    scheduler.set_action("a", "wl", 2, 11.0)                           # newest wins
+    scheduler.set_action("a", "s", 1, 12.0)                            # late duplicate: ignored
+    scheduler.step()
+    assert (recorder.outputs[-1].action_seq, recorder.outputs[-1].client_time) == (2, 11.0)
+
+
+def test_admission_queue_and_refusal(pipeline, scheduler):
+    scheduler, recorder = scheduler
+    for name in ("a", "b", "c"):                                       # 2 slots + 1 waiting
+        scheduler.add_session(name, start_image(), "x")
+    with pytest.raises(CapacityError, match="server full"):
+        scheduler.add_session("d", start_image(), "x")
+    scheduler.step()
+    assert scheduler.stats() == {"running": 2, "waiting": 1, "max_sessions": 2}
+    scheduler.remove_session("a")
+    scheduler.step()                                                   # a's slot goes to c
+    assert scheduler.stats() == {"running": 2, "waiting": 0, "max_sessions": 2}
+    assert recorder.of("c")[0].block_index == 0
+    scheduler.remove_session("a")                                      # idempotent
+
+
+def test_bad_input_is_refused_with_a_clear_error(scheduler):
+    scheduler, _ = scheduler
+    with pytest.raises(ImageError, match="mode 'RGBA'"):
+        scheduler.add_session("a", Image.new("RGBA", (64, 64)), "x")
+    scheduler.add_session("a", start_image(), "x")
+    with pytest.raises(ValueError, match="already exists"):
+        scheduler.add_session("a", start_image(), "x")
+    with pytest.raises(ValueError, match="unknown key 'q'"):
+        scheduler.set_action("a", "wq", 0, 0.0)
+    with pytest.raises(KeyError, match="unknown session"):
+        scheduler.set_action("nobody", "w", 0, 0.0)
+
+
+def test_a_failing_session_does_not_take_others_down(pipeline, scheduler, monkeypatch):
+    scheduler, recorder = scheduler
+    scheduler.add_session("good", start_image(seed=1), "x")
+    scheduler.add_session("bad", start_image(seed=2), "x")
+    scheduler.step()
+    real_decode = pipeline.decode
+    bad_session = scheduler._running["bad"].session
+
+    def decode(session, latents):
+        if session is bad_session:
+            raise RuntimeError("decoder exploded")
+        return real_decode(session, latents)
+
+    monkeypatch.setattr(pipeline, "decode", decode)
+    scheduler.step()
+    scheduler.step()
+    assert [sid for sid, _ in recorder.errors] == ["bad"]
+    assert "decoder exploded" in str(recorder.errors[0][1])
+    assert [o.block_index for o in recorder.of("good")] == [0, 1, 2]
+    assert scheduler.stats()["running"] == 1
+
+
+def test_deadlines_alternate_sessions_when_the_batch_is_one(pipeline):
+    scheduler, recorder = make(pipeline, max_batch=1)
+    try:
+        scheduler.add_session("a", start_image(seed=1), "x")
+        scheduler.add_session("b", start_image(seed=2), "x")
+        for _ in range(4):
+            scheduler.step()
+        assert [o.session_id for o in recorder.outputs] in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
+    finally:
+        scheduler.shutdown()
+
+
+def test_engine_thread_streams_and_shuts_down(pipeline):
+    scheduler, recorder = make(pipeline)
+    scheduler.start()
+    try:
+        scheduler.add_session("a", start_image(), "x")
+        deadline = time.monotonic() + 30
+        while len(recorder.outputs) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [o.block_index for o in recorder.outputs[:3]] == [0, 1, 2]
+    finally:
+        scheduler.shutdown()
+    assert pipeline.free_slots == 2
