@@ -215,6 +215,31 @@ def test_downsample3d_passes_frame_0_then_reads_the_last_frame_of_the_previous_c
     torch.testing.assert_close(second, per_frame[:, :, [0, 2]])    # windows [f0 f1 f2], [f2 f3 f4]
 
 
+@pytest.mark.parametrize("kernel, padding, stride", [((3, 3, 3), 1, 1), ((3, 1, 1), (1, 0, 0), 1),
+                                                     ((1, 1, 1), 0, 1), ((3, 3, 3), 1, (1, 2, 2)),
+                                                     ((3, 1, 1), 0, (2, 1, 1))])
+def test_causal_conv_equals_conv3d_on_the_padded_input(kernel, padding, stride):
+    """The CPU path folds time into channels (conv2d); it must compute F.conv3d exactly."""
+    torch.manual_seed(0)
+    conv = CausalConv3d(8, 12, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, 8, 5, 17, 19)
+    past = torch.randn(2, 8, conv.time_pad, 17, 19) if conv.time_pad else None
+    full = x if past is None else torch.cat([past, x], 2)
+    want = torch.nn.functional.conv3d(torch.nn.functional.pad(full, (*conv.space_pad, 0, 0)), conv.weight,
+                                      conv.bias, stride=conv.stride)
+    torch.testing.assert_close(conv(x, past), want, atol=1e-5, rtol=1e-5)
+
+
+def test_rms_norm_equals_l2_normalise_times_sqrt_c_and_gamma():
+    from lingbot_rt.model.vae import RMSNorm
+    norm = RMSNorm(6, 3)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.rand(6, 1, 1, 1))
+    x = torch.randn(2, 6, 3, 5, 7)
+    want = torch.nn.functional.normalize(x, dim=1) * 6 ** 0.5 * norm.gamma
+    torch.testing.assert_close(norm(x), want)
+
+
 # --- streaming decode --------------------------------------------------------------------
 
 @pytest.mark.parametrize("block_sizes", [(3, 3, 1), (1,) * 7, (2, 2, 2, 1), (2, 1, 3, 1)])
