@@ -3,6 +3,7 @@
     lingbot-rt make-tiny-checkpoint --out ckpt/tiny
     lingbot-rt inspect-checkpoint ckpt/tiny/lingbot_world_fast
     lingbot-rt generate --checkpoint ckpt/tiny --image input.jpg --prompt "a forest" --actions "w-10,d-5" --out out.mp4
+    lingbot-rt serve                      # play at http://127.0.0.1:8000
 """
 from __future__ import annotations
 
@@ -94,9 +95,38 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def add_stream_arguments(p: argparse.ArgumentParser) -> None:
+DEFAULT_RELEASE = "ckpt/tiny"
+
+
+def cmd_serve(args) -> int:
+    import asyncio
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .pipeline import StreamingInference
+    from .services.app import ServeAddresses, run
+    from .services.gateway import GatewayConfig
+    from .services.scheduler import SchedulerConfig
+    if args.checkpoint == DEFAULT_RELEASE and not Path(DEFAULT_RELEASE).exists():
+        from .pipeline.tiny_checkpoint import make_tiny_checkpoint
+        print(f"no release given: making a tiny random one in {DEFAULT_RELEASE} (its video is noise)")
+        make_tiny_checkpoint(DEFAULT_RELEASE)
+    config = replace(_stream_config(args), max_sessions=args.max_sessions)
+    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    dtype = args.dtype or (_dtype("bf16") if device.startswith("cuda") else _dtype("fp32"))
+    pipeline = StreamingInference.from_release(args.checkpoint, config, device=device, dtype=dtype,
+                                               text_device=args.text_device)
+    scheduler = SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting)
+    gateway = GatewayConfig(auth_tokens=frozenset(args.token or ()), jpeg_quality=args.jpeg_quality)
+    addresses = ServeAddresses(args.host, args.port, args.web_port, args.metrics_port or None)
+    asyncio.run(run(pipeline, scheduler, gateway, addresses, grace=args.grace))
+    return 0
+
+
+def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | None = None) -> None:
     """Options shared by the commands that load a release and stream from it."""
-    p.add_argument("--checkpoint", required=True, help="release root (lingbot_world_fast/, VAE, umT5, tokenizer)")
+    p.add_argument("--checkpoint", required=checkpoint_default is None, default=checkpoint_default,
+                   help="release root (lingbot_world_fast/, VAE, umT5, tokenizer)")
     p.add_argument("--config", help="StreamConfig YAML (schedule, cache window, size, fps)")
     p.add_argument("--height", type=int, help="frame height (default: the release's)")
     p.add_argument("--width", type=int, help="frame width (default: the release's)")
@@ -136,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .mp4")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="serve sessions: gRPC gateway, browser player, /metrics")
+    add_stream_arguments(p, checkpoint_default=DEFAULT_RELEASE)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port")
+    p.add_argument("--web-port", type=int, default=8000, help="browser player port")
+    p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--max-sessions", type=int, default=4, help="KV cache slots: sessions playing at once")
+    p.add_argument("--max-batch", type=int, default=4, help="sessions per DiT step")
+    p.add_argument("--max-waiting", type=int, default=4, help="sessions queued for a slot before refusing")
+    p.add_argument("--token", action="append", help="require this auth token (repeatable)")
+    p.add_argument("--jpeg-quality", type=int, default=85)
+    p.add_argument("--grace", type=float, default=5.0, help="seconds running sessions get on shutdown")
+    p.set_defaults(func=cmd_serve)
 
     from .world.cli import add_world_commands
     add_world_commands(sub)
