@@ -404,18 +404,20 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
             self._streams.pop(stream.session_id, None)
             add.add_done_callback(lambda _: self.scheduler.remove_session(stream.session_id))
             raise
-        except (ImageError, CapacityError) as exc:
+        except Exception as exc:
             self._streams.pop(stream.session_id, None)
             if isinstance(exc, CapacityError):
                 raise RpcError(Status.RESOURCE_EXHAUSTED, str(exc), "capacity") from None
-            raise RpcError(Status.INVALID_ARGUMENT, str(exc)) from None
+            if isinstance(exc, ValueError):  # ImageError: unreadable, wrong mode, too small
+                raise RpcError(Status.INVALID_ARGUMENT, str(exc)) from None
+            raise
         self.metrics.sessions_admitted.inc()
         return stream
 
     async def _start_image(self, start: world_pb2.Start):
         """Check the sizes and the prompt; the start image, decoded (or rendered), off the loop."""
         height, width = self.scheduler.height, self.scheduler.width
-        if (start.height, start.width) not in ((0, 0), (height, width)):
+        if start.height not in (0, height) or start.width not in (0, width):
             raise RpcError(Status.INVALID_ARGUMENT, f"this server streams {height}x{width} (HxW) frames only, "
                            f"got start.height={start.height}, start.width={start.width} (0 = the server's)")
         if len(start.prompt) > self.config.max_prompt_chars:
@@ -485,7 +487,7 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
                                                                 self.config.jpeg_quality)
             self.metrics.stage_seconds.labels(stage="jpeg").observe(sum(seconds))
             timings = block.timings
-            for offset, (jpeg, jpeg_seconds) in enumerate(zip(encoded, seconds)):
+            for offset, (jpeg, jpeg_seconds) in enumerate(zip(encoded, seconds, strict=True)):
                 if stream.ended:
                     break
                 await self._send(context, world_pb2.ServerMessage(frame=world_pb2.Frame(

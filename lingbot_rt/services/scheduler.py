@@ -92,6 +92,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._waiting: deque[_Entry] = deque()
         self._running: dict[str, _Entry] = {}
+        self._opening: dict[str, _Entry] = {}     # taken from _waiting, its session being opened
         self._removed: set[str] = set()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -115,8 +116,8 @@ class Scheduler:
     def set_action(self, session_id: str, keys: str | Iterable[str], seq: int, client_time: float) -> None:
         held = frozenset(check_key(k) for k in keys)
         with self._lock:
-            entry = self._running.get(session_id) or next((e for e in self._waiting if e.session_id == session_id),
-                                                           None)
+            entry = (self._running.get(session_id) or self._opening.get(session_id)
+                     or next((e for e in self._waiting if e.session_id == session_id), None))
             if entry is None:
                 raise KeyError(f"unknown session {session_id!r}")
             if seq > entry.action.seq:                        # out-of-order arrivals never go back in time
@@ -125,7 +126,7 @@ class Scheduler:
     def remove_session(self, session_id: str) -> None:
         with self._lock:
             self._waiting = deque(e for e in self._waiting if e.session_id != session_id)
-            if session_id in self._running:
+            if session_id in self._running or session_id in self._opening:
                 self._removed.add(session_id)             # the engine frees its slot between steps
 
     def stats(self) -> dict:
@@ -147,15 +148,20 @@ class Scheduler:
                 if not self._waiting or self.pipeline.free_slots == 0:
                     return
                 entry = self._waiting.popleft()
+                self._opening[entry.session_id] = entry
             try:
                 entry.session = self.pipeline.open_session(entry.image, entry.prompt, entry.seed)
             except Exception as exc:                            # noqa: BLE001 - isolate the session
+                with self._lock:
+                    self._opening.pop(entry.session_id, None)
+                    self._removed.discard(entry.session_id)
                 log.warning("session %s failed to start: %s", entry.session_id, exc)
                 self.on_error(entry.session_id, exc)
                 continue
             entry.image = None
             entry.deadline = time.monotonic()
             with self._lock:
+                self._opening.pop(entry.session_id, None)
                 if entry.session_id in self._removed:           # removed while it was being opened
                     self._removed.discard(entry.session_id)
                     self.pipeline.close_session(entry.session)

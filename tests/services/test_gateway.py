@@ -7,6 +7,7 @@ import contextlib
 import io
 import itertools
 import math
+import urllib.request
 from typing import ClassVar
 
 import grpc
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from lingbot_rt.pipeline.streaming import StreamConfig, StreamingInference
 from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
 from lingbot_rt.services.gateway import SERVICE_NAME, GatewayConfig, WorldGateway
+from lingbot_rt.services.metrics import serve_metrics
 from lingbot_rt.services.proto.lingbot.v1 import world_pb2 as pb
 from lingbot_rt.services.proto.lingbot.v1 import world_pb2_grpc
 from lingbot_rt.services.scheduler import SchedulerConfig
@@ -135,8 +137,8 @@ def test_play_streams_frames_that_echo_the_latest_action(pipeline):
             player = Player(channel, start(seed=3))
             started = await player.read("session_started")
             assert (started.fps, started.height, started.width) == (16, SIZE, SIZE) and started.session_id
-            frames = await player.frames(1)
-            player.act("w", 1, 100.5)
+            player.act("w", 1, 100.5)           # at once: the engine may still be opening the session
+            frames = []
             await player.until_action(1, frames)
             player.act("dl", 7, 200.25)
             await player.until_action(7, frames)
@@ -173,7 +175,7 @@ def test_play_streams_frames_that_echo_the_latest_action(pipeline):
 
 def test_sessions_share_the_server_up_to_capacity(pipeline):
     """Two sessions run at once (max_sessions=2), a third waits, a fourth is refused; when one
-    stops, the waiting one starts."""
+    stops, the waiting one starts; a disconnect frees a slot."""
     async def scenario():
         config = SchedulerConfig(max_batch=2, max_waiting=1)
         async with serving(pipeline, config) as (gateway, address), grpc.aio.insecure_channel(address) as channel:
@@ -195,6 +197,13 @@ def test_sessions_share_the_server_up_to_capacity(pipeline):
             first.send(stop=pb.Stop())
             assert len(await waiting.frames(3)) == 3
             assert metric(gateway, "lingbot_sessions_active") == 2
+
+            second.call.cancel()                # a client that disconnects frees its slot too
+            for _ in range(100):
+                if gateway.scheduler.stats()["running"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert gateway.scheduler.stats() == {"running": 1, "waiting": 0, "max_sessions": 2}
     run(scenario())
 
 
@@ -283,7 +292,7 @@ def test_auth_token_from_metadata_or_start(pipeline):
 
 def test_health_reflection_and_models(pipeline):
     async def scenario():
-        async with serving(pipeline, config=GatewayConfig(model_name="tiny")) as (_, address), \
+        async with serving(pipeline, config=GatewayConfig(model_name="tiny")) as (gateway, address), \
                 grpc.aio.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", SERVICE_NAME):
@@ -298,6 +307,14 @@ def test_health_reflection_and_models(pipeline):
 
             models = await world_pb2_grpc.WorldServiceStub(channel).ListModels(pb.ListModelsRequest())
             assert [(m.name, m.height, m.width, m.fps) for m in models.models] == [("tiny", SIZE, SIZE, 16)]
+
+            server, _ = serve_metrics(0, gateway.metrics.registry, "127.0.0.1")
+            url = f"http://127.0.0.1:{server.server_port}/metrics"
+            try:
+                text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+            finally:
+                server.shutdown()
+            assert "lingbot_sessions_active 0.0" in text and 'lingbot_stage_seconds_count{stage="jpeg"} 0.0' in text
     run(scenario())
 
 

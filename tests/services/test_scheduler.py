@@ -168,3 +168,27 @@ def test_engine_thread_streams_and_shuts_down(pipeline):
     finally:
         scheduler.shutdown()
     assert pipeline.free_slots == 2
+
+
+def test_actions_and_removal_during_session_opening_are_kept(pipeline, scheduler, monkeypatch):
+    """The gateway may act while the engine opens a session (it is in neither queue then)."""
+    scheduler, recorder = scheduler
+    real_open = pipeline.open_session
+
+    def open_session(image, prompt, seed):
+        scheduler.set_action("a", "w", 3, 7.0)          # arrives mid-open: must not be lost
+        return real_open(image, prompt, seed)
+
+    monkeypatch.setattr(pipeline, "open_session", open_session)
+    scheduler.add_session("a", start_image(), "x")
+    scheduler.step()
+    assert (recorder.of("a")[0].action_seq, recorder.of("a")[0].client_time) == (3, 7.0)
+
+    def open_then_leave(image, prompt, seed):
+        scheduler.remove_session("b")                   # the client left mid-open: the slot comes back
+        return real_open(image, prompt, seed)
+
+    monkeypatch.setattr(pipeline, "open_session", open_then_leave)
+    scheduler.add_session("b", start_image(), "x")
+    scheduler.step()
+    assert recorder.of("b") == [] and scheduler.stats()["running"] == 1 and pipeline.free_slots == 1
