@@ -223,7 +223,8 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
                  config: GatewayConfig = GatewayConfig(), registry: CollectorRegistry | None = None):
         self.config, self.scheduler_config = config, scheduler_config
         self.metrics = ServingMetrics(registry if registry is not None else CollectorRegistry())
-        self.scheduler = Scheduler(pipeline, scheduler_config, on_output=self._on_output, on_error=self._on_error)
+        self.scheduler = Scheduler(pipeline, scheduler_config, on_output=self._on_output, on_error=self._on_error,
+                                   on_step=self.metrics.observe_batch)
         self.metrics.track_sessions(self.scheduler.stats)
         self._streams: dict[str, _SessionStream] = {}
         self._jpeg_pool = ThreadPoolExecutor(config.jpeg_threads, thread_name_prefix="lingbot-jpeg")

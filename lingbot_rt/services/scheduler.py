@@ -84,9 +84,11 @@ class _Entry:
 
 class Scheduler:
     def __init__(self, pipeline: StreamingInference, config: SchedulerConfig,
-                 on_output: Callable[[BlockOutput], None], on_error: Callable[[str, Exception], None]):
+                 on_output: Callable[[BlockOutput], None], on_error: Callable[[str, Exception], None],
+                 on_step: Callable[[int], None] | None = None):
+        """on_output / on_error(session_id, exc) / on_step(batch_size) run on the engine thread."""
         self.pipeline, self.config = pipeline, config
-        self.on_output, self.on_error = on_output, on_error
+        self.on_output, self.on_error, self.on_step = on_output, on_error, on_step
         self.height, self.width, self.fps = pipeline.height, pipeline.width, pipeline.config.fps
         self.block_seconds = pipeline.config.block_frames * 4 / self.fps
         self._lock = threading.Lock()
@@ -206,6 +208,8 @@ class Scheduler:
                 self._fail(entry, exc)
             return 0
         denoised = time.monotonic()
+        if self.on_step is not None:
+            self.on_step(len(batch))
         produced = 0
         for (entry, action, plan), block in zip(batch, latents):
             decode_start = time.monotonic()

@@ -166,6 +166,7 @@ def test_play_streams_frames_that_echo_the_latest_action(pipeline):
             assert timings.denoise_seconds > 0 and timings.decode_seconds > 0 and timings.jpeg_seconds > 0
 
             assert metric(gateway, "lingbot_sessions_admitted_total") == 1
+            assert metric(gateway, "lingbot_batch_size_count") >= 1
             assert metric(gateway, "lingbot_frames_sent_total") >= len(frames)
             assert metric(gateway, "lingbot_action_latency_seconds_count") == 2
             for stage in ("queue", "denoise", "decode", "jpeg"):

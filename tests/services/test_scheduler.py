@@ -28,7 +28,7 @@ def pipeline(release):
 
 class Recorder:
     def __init__(self):
-        self.outputs, self.errors = [], []
+        self.outputs, self.errors, self.batch_sizes = [], [], []
 
     def output(self, block):
         self.outputs.append(block)
@@ -42,7 +42,8 @@ class Recorder:
 
 def make(pipeline, **config):
     recorder = Recorder()
-    scheduler = Scheduler(pipeline, SchedulerConfig(**config), recorder.output, recorder.error)
+    scheduler = Scheduler(pipeline, SchedulerConfig(**config), recorder.output, recorder.error,
+                          on_step=recorder.batch_sizes.append)
     return scheduler, recorder
 
 
@@ -60,6 +61,7 @@ def test_sessions_at_different_positions_share_a_step(scheduler):
     assert scheduler.step() == 1 and scheduler.step() == 1
     scheduler.add_session("b", start_image(seed=2), "a city", seed=2)
     assert scheduler.step() == 2                                     # a's block 2 with b's block 0
+    assert recorder.batch_sizes == [1, 1, 2]
     assert [o.block_index for o in recorder.of("a")] == [0, 1, 2]
     assert [o.first_frame for o in recorder.of("a")] == [0, 9, 21]
     assert [len(o.frames) for o in recorder.of("a")] == [9, 12, 12]
