@@ -9,12 +9,16 @@ video frames). Every engine step:
    block is due one block-duration after its previous one: deadline-aware fairness, as
    StreamDiffusionV2's SLO-aware batching), sessions at any position in their streams;
 3. reads each one's latest action (the block's keys are fixed here; later input goes to the
-   next block), plans, denoises the batch in one set of DiT passes, then decodes each
-   session's block with its own streaming VAE decoder and hands the frames to `on_output`.
+   next block), plans and denoises the batch in one set of DiT passes (the DiT stage);
+4. the VAE stage decodes each session's block with its own streaming decoder and hands the
+   frames to `on_output`: inline when `step` is called directly, on its own thread (and CUDA
+   stream) once `start` runs the engine, so the DiT works on batch N + 1 while the VAE decodes
+   batch N.
 
 A full pool queues new sessions up to `max_waiting`, then refuses them (`CapacityError`):
 for an interactive stream, refusal beats preemption (a preempted player would freeze).
-Failure isolation: a session whose plan or decode raises is dropped alone (`on_error`); a
+Failure isolation: a session whose plan or decode raises is dropped alone (`on_error`; a
+decode failure on the VAE thread is handled by the engine thread at its next step); a
 DiT batch that raises drops the sessions of that batch (their caches may be half-written),
 never the others.
 
@@ -25,6 +29,7 @@ work runs outside it.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -32,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..model.controls import KEYS, check_key
 from ..model.image_condition import load_image
@@ -82,6 +88,17 @@ class _Entry:
     queued_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Decode:
+    """A denoised block on its way to the VAE stage."""
+    entry: _Entry
+    block_index: int
+    action: _Action
+    first_frame: int
+    latents: torch.Tensor
+    timings: dict[str, float]
+
+
 class Scheduler:
     def __init__(self, pipeline: StreamingInference, config: SchedulerConfig,
                  on_output: Callable[[BlockOutput], None], on_error: Callable[[str, Exception], None],
@@ -97,6 +114,9 @@ class Scheduler:
         self._opening: dict[str, _Entry] = {}     # taken from _waiting, its session being opened
         self._removed: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._vae_thread: threading.Thread | None = None
+        self._decodes: queue.Queue = queue.Queue()
+        self._failed: list[tuple[_Entry, Exception]] = []
         self._stop = threading.Event()
 
     # ---- called by the gateway -----------------------------------------------------------
@@ -187,8 +207,18 @@ class Scheduler:
         self.pipeline.close_session(entry.session)
         self.on_error(entry.session_id, exc)
 
+    def _process_failures(self) -> None:
+        """Sessions whose decode failed on the VAE thread: dropped here, on the engine thread."""
+        with self._lock:
+            failed, self._failed = self._failed, []
+        for entry, exc in failed:
+            if self._running.get(entry.session_id) is entry:
+                self._fail(entry, exc)
+
     def step(self) -> int:
-        """One engine iteration; returns the number of blocks produced."""
+        """One engine iteration: the DiT stage for one batch, then its decode (inline, or handed
+        to the VAE thread once `start` has run). Returns the number of blocks denoised."""
+        self._process_failures()
         self._release_removed()
         self._admit()
         start = time.monotonic()
@@ -207,31 +237,50 @@ class Scheduler:
             for entry, _, _ in batch:
                 self._fail(entry, exc)
             return 0
-        denoised = time.monotonic()
+        timings = {"denoise": time.monotonic() - start}
         if self.on_step is not None:
             self.on_step(len(batch))
-        produced = 0
         for (entry, action, plan), block in zip(batch, latents):
-            decode_start = time.monotonic()
-            try:
-                frames = self.pipeline.decode(entry.session, block)
-            except Exception as exc:               # noqa: BLE001 - each session has its own decoder
-                self._fail(entry, exc)
-                continue
-            output = BlockOutput(entry.session_id, entry.blocks, plan.first_frame, frames, action.seq,
-                                 action.client_time, {"queue": max(0.0, start - entry.deadline),
-                                                      "denoise": denoised - start,
-                                                      "decode": time.monotonic() - decode_start})
+            item = _Decode(entry, entry.blocks, action, plan.first_frame, block,
+                           dict(timings, queue=max(0.0, start - entry.deadline)))
             entry.blocks += 1
             entry.deadline = max(entry.deadline + self.block_seconds, start)
-            produced += 1
-            self.on_output(output)
-        return produced
+            if self._vae_thread is None:
+                self._decode(item)
+            else:
+                self._decodes.put(item)            # blocks when the VAE stage is 2 batches behind
+        return len(batch)
+
+    def _decode(self, item: "_Decode") -> None:
+        """The VAE stage for one block: decode with the session's streaming decoder, emit."""
+        entry = item.entry
+        with self._lock:
+            if entry.session_id in self._removed or self._running.get(entry.session_id) is not entry:
+                return                             # the player left: no frames for nobody
+        decode_start = time.monotonic()
+        try:
+            frames = self.pipeline.decode(entry.session, item.latents)
+        except Exception as exc:                   # noqa: BLE001 - each session has its own decoder
+            if self._vae_thread is None:
+                self._fail(entry, exc)
+            else:
+                with self._lock:
+                    self._failed.append((entry, exc))
+            return
+        item.timings["decode"] = time.monotonic() - decode_start
+        self.on_output(BlockOutput(entry.session_id, item.block_index, item.first_frame, frames,
+                                   item.action.seq, item.action.client_time, item.timings))
 
     def start(self) -> None:
+        """Run the DiT stage on an engine thread and the VAE stage on its own thread, pipelined:
+        the DiT denoises batch N + 1 while the VAE decodes batch N (on the GPU, the VAE thread
+        uses its own CUDA stream)."""
         if self._thread is not None:
             raise RuntimeError("the scheduler is already running")
         self._stop.clear()
+        self._decodes = queue.Queue(maxsize=2 * self.config.max_batch)
+        self._vae_thread = threading.Thread(target=self._vae_loop, name="lingbot-vae", daemon=True)
+        self._vae_thread.start()
         self._thread = threading.Thread(target=self._loop, name="lingbot-engine", daemon=True)
         self._thread.start()
 
@@ -240,11 +289,26 @@ class Scheduler:
             if self.step() == 0:
                 time.sleep(self.config.idle_sleep_s)
 
+    def _vae_loop(self) -> None:
+        device = self.pipeline.device
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        while (item := self._decodes.get()) is not None:
+            if stream is None:
+                self._decode(item)
+                continue
+            with torch.cuda.stream(stream):        # latents are complete: the DiT stage synchronized
+                item.latents.record_stream(stream)
+                self._decode(item)
+
     def shutdown(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._vae_thread is not None:
+            self._decodes.put(None)
+            self._vae_thread.join()
+            self._vae_thread = None
         with self._lock:
             entries = list(self._running.values())
             self._running.clear()

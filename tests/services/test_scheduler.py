@@ -194,3 +194,63 @@ def test_actions_and_removal_during_session_opening_are_kept(pipeline, scheduler
     scheduler.add_session("b", start_image(), "x")
     scheduler.step()
     assert recorder.of("b") == [] and scheduler.stats()["running"] == 1 and pipeline.free_slots == 1
+
+
+def test_started_engine_denoises_the_next_batch_while_the_vae_decodes(pipeline, monkeypatch):
+    """Pipelined stages: with a slow decode, a DiT step begins before the previous decode ends."""
+    events = []
+    real_denoise, real_decode = pipeline.denoise, pipeline.decode
+
+    def denoise(sessions, plans):
+        events.append(("denoise", time.monotonic()))
+        return real_denoise(sessions, plans)
+
+    def decode(session, latents):
+        start = time.monotonic()
+        time.sleep(0.3)
+        frames = real_decode(session, latents)
+        events.append(("decode", start, time.monotonic()))
+        return frames
+
+    monkeypatch.setattr(pipeline, "denoise", denoise)
+    monkeypatch.setattr(pipeline, "decode", decode)
+    scheduler, recorder = make(pipeline)
+    scheduler.start()
+    try:
+        scheduler.add_session("a", start_image(), "x")
+        deadline = time.monotonic() + 30
+        while len(recorder.outputs) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        scheduler.shutdown()
+    decodes = [e for e in events if e[0] == "decode"]
+    denoise_starts = [e[1] for e in events if e[0] == "denoise"]
+    assert [o.block_index for o in recorder.outputs[:3]] == [0, 1, 2]
+    assert any(decodes[0][1] < t < decodes[0][2] for t in denoise_starts), "no DiT step overlapped a decode"
+
+
+def test_a_decode_failure_on_the_vae_thread_drops_only_that_session(pipeline, monkeypatch):
+    real_decode = pipeline.decode
+    failing = []
+
+    def decode(session, latents):
+        if session in failing:
+            raise RuntimeError("decoder exploded")
+        return real_decode(session, latents)
+
+    monkeypatch.setattr(pipeline, "decode", decode)
+    scheduler, recorder = make(pipeline)
+    scheduler.add_session("good", start_image(seed=1), "x")
+    scheduler.add_session("bad", start_image(seed=2), "x")
+    scheduler.step()
+    failing.append(scheduler._running["bad"].session)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (len(recorder.of("good")) < 4 or not recorder.errors) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        scheduler.shutdown()
+    assert [sid for sid, _ in recorder.errors] == ["bad"]
+    assert [o.block_index for o in recorder.of("good")[:4]] == [0, 1, 2, 3]
+    assert pipeline.free_slots == 2
