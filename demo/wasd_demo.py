@@ -28,6 +28,7 @@ from PIL import Image
 
 from lingbot_rt.model.controls import check_key
 from lingbot_rt.pipeline import StreamConfig, StreamingInference
+from lingbot_rt.pipeline.tiny_checkpoint import DEFAULT_RELEASE, ensure_default_release
 
 PAGE = Path(__file__).with_name("wasd_demo.html")
 BOUNDARY = "lingbot-frame"
@@ -151,17 +152,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", required=True)
     parser.add_argument("--prompt", default="")
-    parser.add_argument("--checkpoint", default="ckpt/tiny", help="release root (created as a tiny random one if "
-                                                                  "it is ckpt/tiny and missing)")
+    parser.add_argument("--checkpoint", default=DEFAULT_RELEASE, help="release root (created as a tiny random one "
+                                                                      f"if it is {DEFAULT_RELEASE} and missing)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.checkpoint == "ckpt/tiny" and not Path(args.checkpoint).exists():
-        from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
-        print(f"making a tiny random release in {args.checkpoint}")
-        make_tiny_checkpoint(args.checkpoint)
+    ensure_default_release(args.checkpoint)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     pipeline = StreamingInference.from_release(args.checkpoint, StreamConfig(), device=args.device, dtype=dtype)
     server = build_server(pipeline, args.image, args.prompt, args.host, args.port, args.seed)

@@ -48,11 +48,11 @@ def _stream_config(args):
     return replace(config, height=args.height or config.height, width=args.width or config.width)
 
 
-def _load_pipeline(args):
+def _load_pipeline(args, config):
     from .pipeline import StreamingInference
     device = args.device or ("cuda" if _cuda_available() else "cpu")
     dtype = args.dtype or (_dtype("bf16") if device.startswith("cuda") else _dtype("fp32"))
-    return StreamingInference.from_release(args.checkpoint, _stream_config(args), device=device, dtype=dtype,
+    return StreamingInference.from_release(args.checkpoint, config, device=device, dtype=dtype,
                                            text_device=args.text_device)
 
 
@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
     source = action_source(args.actions)
     num_frames = args.num_frames or source.num_frames
     _check_image_early(args)
-    pipeline = _load_pipeline(args)
+    pipeline = _load_pipeline(args, _stream_config(args))
     seconds = {"denoise": 0.0, "decode": 0.0}
     with VideoWriter(args.out, pipeline.config.fps) as video, \
             tqdm(total=num_frames, unit="frame", desc="generate") as progress:
@@ -95,27 +95,16 @@ def cmd_generate(args) -> int:
     return 0
 
 
-DEFAULT_RELEASE = "ckpt/tiny"
-
-
 def cmd_serve(args) -> int:
     import asyncio
     from dataclasses import replace
-    from pathlib import Path
 
-    from .pipeline import StreamingInference
+    from .pipeline.tiny_checkpoint import ensure_default_release
     from .services.app import ServeAddresses, run
     from .services.gateway import GatewayConfig
     from .services.scheduler import SchedulerConfig
-    if args.checkpoint == DEFAULT_RELEASE and not Path(DEFAULT_RELEASE).exists():
-        from .pipeline.tiny_checkpoint import make_tiny_checkpoint
-        print(f"no release given: making a tiny random one in {DEFAULT_RELEASE} (its video is noise)")
-        make_tiny_checkpoint(DEFAULT_RELEASE)
-    config = replace(_stream_config(args), max_sessions=args.max_sessions)
-    device = args.device or ("cuda" if _cuda_available() else "cpu")
-    dtype = args.dtype or (_dtype("bf16") if device.startswith("cuda") else _dtype("fp32"))
-    pipeline = StreamingInference.from_release(args.checkpoint, config, device=device, dtype=dtype,
-                                               text_device=args.text_device)
+    ensure_default_release(args.checkpoint)
+    pipeline = _load_pipeline(args, replace(_stream_config(args), max_sessions=args.max_sessions))
     scheduler = SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting)
     gateway = GatewayConfig(auth_tokens=frozenset(args.token or ()), jpeg_quality=args.jpeg_quality)
     addresses = ServeAddresses(args.host, args.port, args.web_port, args.metrics_port or None)
@@ -168,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("serve", help="serve sessions: gRPC gateway, browser player, /metrics")
+    from .pipeline.tiny_checkpoint import DEFAULT_RELEASE
     add_stream_arguments(p, checkpoint_default=DEFAULT_RELEASE)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port")

@@ -36,6 +36,7 @@ that differ from the clip's fastest one differ: W+D held has norm sqrt(2) here, 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -272,15 +273,21 @@ def _normalise_by_max_translation(relative: torch.Tensor) -> torch.Tensor:
 
 
 # ---- rays and the 8x8 fold -----------------------------------------------------------------
-def pixel_ray_directions(rotations: torch.Tensor, intrinsics: torch.Tensor, height: int,
-                         width: int) -> torch.Tensor:
-    """Unit ray directions [F, H, W, 3] through pixel centres (+0.5), rotated by [F, 3, 3]."""
-    fx, fy, cx, cy = intrinsics.tolist()
+@functools.lru_cache(maxsize=16)
+def _camera_ray_directions(fx: float, fy: float, cx: float, cy: float, height: int, width: int) -> torch.Tensor:
+    """Unit directions [H*W, 3] through pixel centres in camera axes: fixed per camera, so a
+    stream computes them once, not every block. Shared: read only."""
     rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float32),
                                 torch.arange(width, dtype=torch.float32), indexing="ij")
     camera_dirs = torch.stack([(cols + 0.5 - cx) / fx, (rows + 0.5 - cy) / fy, torch.ones_like(cols)], -1)
-    camera_dirs = camera_dirs / camera_dirs.norm(dim=-1, keepdim=True)          # [H, W, 3]
-    world_dirs = camera_dirs.view(1, -1, 3) @ rotations.transpose(-1, -2)        # [F, H*W, 3]
+    return (camera_dirs / camera_dirs.norm(dim=-1, keepdim=True)).view(-1, 3)
+
+
+def pixel_ray_directions(rotations: torch.Tensor, intrinsics: torch.Tensor, height: int,
+                         width: int) -> torch.Tensor:
+    """Unit ray directions [F, H, W, 3] through pixel centres (+0.5), rotated by [F, 3, 3]."""
+    camera_dirs = _camera_ray_directions(*intrinsics.tolist(), height, width)
+    world_dirs = camera_dirs[None] @ rotations.transpose(-1, -2)                 # [F, H*W, 3]
     return world_dirs.view(len(rotations), height, width, 3)
 
 

@@ -60,13 +60,19 @@ def _as_pil(image) -> Image.Image:
 def load_image(image, height: int, width: int) -> torch.Tensor:
     """A start image -> [3, height, width] float32 in [-1, 1].
 
-    Accepts a file path, a PIL image (mode RGB or L) or a uint8 [H, W, 3] array. The image is
+    Accepts a file path, a PIL image (mode RGB or L), a uint8 [H, W, 3] array, or the tensor a
+    previous call returned (passed through, so a caller can check an image once). The image is
     centre-cropped to the target aspect ratio, then resized bicubic (upstream resizes
     without cropping because it picks the size from the image's aspect; a stream has a fixed
     size). An image that would be enlarged more than 2x is refused rather than blurred.
     """
     if height % SPACE_STRIDE or width % SPACE_STRIDE or height <= 0 or width <= 0:
         raise ImageError(f"the frame size must be positive multiples of {SPACE_STRIDE}, got {height}x{width}")
+    if isinstance(image, torch.Tensor):          # already loaded (the scheduler checks at admission)
+        if image.shape != (3, height, width) or not image.is_floating_point():
+            raise ImageError(f"a loaded image must be float [3, {height}, {width}], got {image.dtype} "
+                             f"{list(image.shape)}")
+        return image
     pil = _as_pil(image)
     if pil.mode not in ACCEPTED_MODES:
         raise ImageError(f"image mode {pil.mode!r} is not supported; give an RGB (or greyscale L) image, "

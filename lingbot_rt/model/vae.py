@@ -376,6 +376,11 @@ def _check_video(video: torch.Tensor) -> None:
         raise ValueError(f"video height and width must be divisible by {SPACE_STRIDE}, got {height}x{width}")
 
 
+def video_to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """Decoded video [..., 3, T, H, W] in [-1, 1] -> uint8 frames [..., T, H, W, 3] (round to nearest)."""
+    return ((video.movedim(-4, -1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def _check_latents(z: torch.Tensor, z_dim: int) -> None:
     if z.ndim != 5 or z.shape[1] != z_dim or 0 in z.shape:
         raise ValueError(f"latents must be [B, {z_dim}, T, h, w] with T >= 1, got shape {list(z.shape)}")
@@ -441,6 +446,13 @@ class StreamingEncoder:
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """video [B, 3, F, H, W] in [-1, 1], the next F frames of the stream -> latents
         [B, z_dim, F // 4 (+1 on the first call), H/8, W/8], float32."""
+        mu, _log_var = self.moments(video)
+        mean, inv_std = self.vae.latent_stats(mu.device)
+        return (mu - mean) * inv_std
+
+    def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior's unnormalised mean and log-variance [B, z_dim, T, h, w], float32, of
+        the next frames (what `encode` normalises; training samples from them)."""
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"video must be [B, 3, F, H, W], got shape {list(video.shape)}")
         first = self.num_frames == 0
@@ -457,9 +469,8 @@ class StreamingEncoder:
                    for start in range(int(first), num_frames, ENCODE_CHUNK_FRAMES)]
         features = torch.cat([self.vae.encoder(chunk, self.cache) for chunk in chunks], 2)
         self.num_frames += num_frames
-        mu, _log_var = self.vae.conv1(features).chunk(2, dim=1)
-        mean, inv_std = self.vae.latent_stats(mu.device)
-        return (mu.float() - mean) * inv_std
+        mu, log_var = self.vae.conv1(features).float().chunk(2, dim=1)
+        return mu, log_var
 
 
 class StreamingDecoder:
@@ -480,18 +491,22 @@ class StreamingDecoder:
         """Normalised latents [B, z_dim, T, h, w], the next T of the stream -> video
         [B, 3, 4T (4(T-1)+1 on the first call), 8h, 8w] in [-1, 1], float32."""
         _check_latents(z, self.vae.config.z_dim)
+        mean, inv_std = self.vae.latent_stats(z.device)
+        return self.decode_raw(z.float() / inv_std + mean).clamp(-1, 1)   # upstream divides by 1 / std
+
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Unnormalised latents -> the decoder's output, float32, not clamped (training)."""
+        _check_latents(z, self.vae.config.z_dim)
         latent_shape = (z.shape[0], *z.shape[3:])
         if self.latent_shape is None:
             self.latent_shape = latent_shape
         elif latent_shape != self.latent_shape:
             raise ValueError(f"this stream decodes [B, h, w] = {list(self.latent_shape)}, got a block with "
                              f"{list(latent_shape)}: start a new stream with vae.stream_decoder()")
-        mean, inv_std = self.vae.latent_stats(z.device)
-        z = z.float() / inv_std + mean                   # upstream divides by 1 / std
         x = self.vae.conv2(z.to(self.vae.dtype))         # conv2 is 1x1x1: per block is exact
         frames = [self.vae.decoder(x[:, :, index:index + 1], self.cache) for index in range(z.shape[2])]
         self.num_latent_frames += z.shape[2]
-        return torch.cat(frames, 2).float().clamp(-1, 1)
+        return torch.cat(frames, 2).float()
 
 
 # --- checkpoints -------------------------------------------------------------------------

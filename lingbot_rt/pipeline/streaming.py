@@ -35,7 +35,7 @@ from ..model.image_condition import ImageCondition, load_image
 from ..model.rollout import COMMIT_MODES, generate_block
 from ..model.sampler import FAST_INDICES, FAST_SHIFT, FewStepSchedule
 from ..model.text_encoder import TextEncoder
-from ..model.vae import SPACE_STRIDE, StreamingDecoder, WanVAE
+from ..model.vae import SPACE_STRIDE, StreamingDecoder, WanVAE, video_to_uint8
 from .actions import Actions, action_source
 
 WASD_COLUMNS = [KEYS.index(k) for k in "wasd"]
@@ -133,11 +133,6 @@ def latent_frame_ends(num_frames: int) -> np.ndarray:
     """Indices, within a block of `num_frames` video frames, of each latent frame's last
     video frame: [0, 4, 8] for the stream's first block of 9, [3, 7, 11] for later ones."""
     return np.arange(num_frames - 1, -1, -VIDEO_FRAMES_PER_LATENT)[::-1].copy()
-
-
-def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
-    """[3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (round to nearest)."""
-    return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 class StreamingInference:
@@ -250,7 +245,7 @@ class StreamingInference:
     @torch.inference_mode()
     def decode(self, session: Session, latents: torch.Tensor) -> np.ndarray:
         """One session's block latents [16, F, h, w] -> uint8 frames [T, H, W, 3]."""
-        return frames_to_uint8(session.decoder.decode(latents[None])[0])
+        return video_to_uint8(session.decoder.decode(latents[None])[0]).cpu().numpy()
 
     def synchronize(self) -> None:
         """Wait for the device (timings)."""

@@ -78,7 +78,7 @@ class _Action:
 @dataclass
 class _Entry:
     session_id: str
-    image: object
+    pixels: torch.Tensor | None                # the checked start image, until the session opens
     prompt: str
     seed: int
     action: _Action = field(default_factory=_Action)
@@ -123,7 +123,7 @@ class Scheduler:
     def add_session(self, session_id: str, image, prompt: str, seed: int = 0) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        load_image(image, self.height, self.width)              # refuse a bad image now, not in the engine
+        pixels = load_image(image, self.height, self.width)     # refuse a bad image now, not in the engine
         with self._lock:
             if session_id in self._running or any(e.session_id == session_id for e in self._waiting):
                 raise ValueError(f"session {session_id!r} already exists")
@@ -133,7 +133,7 @@ class Scheduler:
                                     f"{self.pipeline.config.max_sessions} and {len(self._waiting)} waiting; "
                                     "try again later")
             self._removed.discard(session_id)
-            self._waiting.append(_Entry(session_id, image, prompt, seed))
+            self._waiting.append(_Entry(session_id, pixels, prompt, seed))
 
     def set_action(self, session_id: str, keys: str | Iterable[str], seq: int, client_time: float) -> None:
         held = frozenset(check_key(k) for k in keys)
@@ -172,7 +172,7 @@ class Scheduler:
                 entry = self._waiting.popleft()
                 self._opening[entry.session_id] = entry
             try:
-                entry.session = self.pipeline.open_session(entry.image, entry.prompt, entry.seed)
+                entry.session = self.pipeline.open_session(entry.pixels, entry.prompt, entry.seed)
             except Exception as exc:                            # noqa: BLE001 - isolate the session
                 with self._lock:
                     self._opening.pop(entry.session_id, None)
@@ -180,7 +180,7 @@ class Scheduler:
                 log.warning("session %s failed to start: %s", entry.session_id, exc)
                 self.on_error(entry.session_id, exc)
                 continue
-            entry.image = None
+            entry.pixels = None
             entry.deadline = time.monotonic()
             with self._lock:
                 self._opening.pop(entry.session_id, None)

@@ -40,25 +40,14 @@ def cmd_train_vae(args) -> int:
     return 0
 
 
-def _world_text_encoder(device):
-    import tempfile
-
-    from ..model.text_encoder import PromptTokenizer, TextEncoder
-    from ..model.config import model_config
-    from .text import make_world_text_encoder, make_world_tokenizer
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer = PromptTokenizer.from_folder(make_world_tokenizer(folder), model_config("world").text_len)
-    return TextEncoder(make_world_text_encoder().to(device), tokenizer)
-
-
 def _conditioned(args, device):
     from .clips import load_clip_tensors
     from .latents import condition_clips
+    from .text import TEXT_LEN, world_text_encoder
     from .train_vae import load_trained_vae
     vae = load_trained_vae(args.vae, device=device)
     clips = load_clip_tensors(args.data, max_clips=args.max_clips, device=device)
-    from ..model.config import model_config
-    return condition_clips(clips, vae, _world_text_encoder(device), model_config("world").text_len, device)
+    return condition_clips(clips, vae, world_text_encoder(device), TEXT_LEN, device)
 
 
 def cmd_train_teacher(args) -> int:
@@ -79,6 +68,7 @@ def cmd_eval(args) -> int:
     from .clips import load_clip_tensors
     from .evaluate import evaluate_teacher
     from .pose_probe import PoseProbe, train_probe
+    from .text import world_text_encoder
     from .train_vae import load_trained_vae
     device = _device(args.device)
     vae = load_trained_vae(args.vae, device=device)
@@ -93,11 +83,22 @@ def cmd_eval(args) -> int:
                             steps=args.probe_steps)
         probe_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(probe.state_dict(), probe_path)
-    report = evaluate_teacher(model, vae, _world_text_encoder(device), clips, probe.eval(), num_steps=args.steps,
+    report = evaluate_teacher(model, vae, world_text_encoder(device), clips, probe.eval(), num_steps=args.steps,
                               guidance=args.guidance, out_dir=args.out)
     summary = {k: report[k]["psnr"] for k in ("model", "copy_first_frame", "vae_reconstruction")}
     print(json.dumps({"psnr": summary, "action_following": report["action_following"]}, indent=2))
     return 0
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, batch_size: int, steps: int) -> None:
+    """Options every training run takes (after its own)."""
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=steps, help="total steps of the run")
+    p.add_argument("--minutes", type=float, help="stop this invocation after this wall-clock time")
+    p.add_argument("--max-clips", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
 
 
 def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -121,26 +122,14 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--window-frames", type=int, default=9, help="frames per training window, 1 + 4k")
     p.add_argument("--stats-windows", type=int, default=256, help="windows measured for the latent mean/std")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--steps", type=int, default=20_000, help="total steps of the run")
-    p.add_argument("--minutes", type=float, help="stop this invocation after this wall-clock time")
-    p.add_argument("--max-clips", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    _add_run_arguments(p, batch_size=16, steps=20_000)
     p.set_defaults(func=cmd_train_vae)
 
     p = sub.add_parser("train-teacher", help="train the world's bidirectional teacher DiT (flow matching)")
     p.add_argument("--data", required=True)
     p.add_argument("--vae", required=True, help="a train-vae run directory")
     p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--steps", type=int, default=30_000, help="total steps of the run")
-    p.add_argument("--minutes", type=float, help="stop this invocation after this wall-clock time")
-    p.add_argument("--max-clips", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    _add_run_arguments(p, batch_size=32, steps=30_000)
     p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("eval", help="generate held-out clips and compare with the renderer's ground truth")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..model.sampler import sample_euler
+from ..model.vae import video_to_uint8
 from .clips import ClipTensors
 from .latents import condition_clips
 from .metrics import psnr, ssim
@@ -28,11 +29,6 @@ from .pose_probe import GAP, PoseProbe, relative_motion
 FPS = 16
 YAW_MOVING = math.radians(3.0)       # a step "turns" when the command turns more than this in 4 frames
 FORWARD_MOVING = 0.1                 # a step "moves" when the command moves more than this
-
-
-def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """[B, 3, F, H, W] in [-1, 1] -> uint8 [B, F, H, W, 3]."""
-    return ((video.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def per_second(values: np.ndarray) -> list[float]:
@@ -93,8 +89,8 @@ def evaluate_teacher(model, vae, text_encoder, clips: ClipTensors, probe: PosePr
                                    num_steps=num_steps, shift=shift, guidance=guidance,
                                    uncond_context=uncond_context,
                                    uncond_control=torch.zeros_like(data.control[index]))
-        generated.append(to_uint8(vae.decode(latents)))
-        recon.append(to_uint8(vae.decode(data.x0[index].float())))
+        generated.append(video_to_uint8(vae.decode(latents)))
+        recon.append(video_to_uint8(vae.decode(data.x0[index].float())))
     generated, recon = torch.cat(generated), torch.cat(recon)
     truth = clips.frames
     copy_first = truth[:, :1].expand_as(truth)

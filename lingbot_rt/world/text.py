@@ -6,14 +6,17 @@ only has to map each prompt to distinct, stable features, which the DiT learns t
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import torch
 
-from ..model.text_encoder import UMT5Encoder, make_tiny_tokenizer, t5_config
+from ..model.config import model_config
+from ..model.text_encoder import PromptTokenizer, TextEncoder, UMT5Encoder, make_tiny_tokenizer, t5_config
 from .textures import FLOOR_PATTERNS, LANDMARK_PATTERNS, PALETTE, SKIES, WALL_PATTERNS
 
 TEXT_CONFIG = "world"
+TEXT_LEN = model_config("world").text_len
 TEMPLATE_WORDS = ("a", "an", "first-person", "walk", "through", "rooms", "joined", "by", "corridors", "maze",
                   "of", "narrow", "with", "walls", "colourful", "pillars", "and", "painted", "wall", "panels",
                   "floor", "under", "sky")
@@ -32,3 +35,10 @@ def make_world_tokenizer(folder: str | Path) -> Path:
 def make_world_text_encoder(seed: int = 0) -> UMT5Encoder:
     torch.manual_seed(seed)
     return UMT5Encoder(t5_config(TEXT_CONFIG)).eval().requires_grad_(False)
+
+
+def world_text_encoder(device: torch.device | str = "cpu") -> TextEncoder:
+    """The encoder and tokenizer the world's DiT reads prompts through."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = PromptTokenizer.from_folder(make_world_tokenizer(folder), TEXT_LEN)
+    return TextEncoder(make_world_text_encoder().to(device), tokenizer)

@@ -27,7 +27,7 @@ from ..model.config import model_config
 from ..model.dit import CausalWanModel
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, shift_sigma
 from .latents import ConditionedClips
-from .training import EMA, Budget, JsonlLog, load_checkpoint, save_checkpoint
+from .training import EMA, Budget, JsonlLog, load_checkpoint, optimizer_step, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,7 @@ def train_teacher(data: ConditionedClips, out_dir: str | Path, config: TeacherTr
             index = torch.randint(len(data), (config.batch_size,), generator=generator, device=device)
             with autocast:
                 loss = flow_matching_loss(model, data, index, config, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            ema.update(model, step)
+            grad_norm = optimizer_step(model, optimizer, ema, loss, step)
             step += 1
             bar.update(1)
             if step % config.log_every == 0:

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from ..config_io import config_from_dict
 from ..model.vae import VAEConfig, WanVAE, load_vae, save_vae
 from .clips import ClipTensors, load_clip_tensors
-from .training import EMA, Budget, JsonlLog, load_checkpoint, save_checkpoint
+from .latents import video_tensor
+from .training import EMA, Budget, JsonlLog, load_checkpoint, optimizer_step, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +61,16 @@ def sample_windows(clips: ClipTensors, batch: int, frames: int, generator: torch
     clip_index = torch.randint(len(clips), (batch,), generator=generator, device="cpu")
     start = torch.randint(clips.num_frames - frames + 1, (batch,), generator=generator, device="cpu")
     windows = torch.stack([clips.frames[c, s:s + frames] for c, s in zip(clip_index.tolist(), start.tolist())])
-    return windows.to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    return video_tensor(windows.to(device))
 
 
 def vae_loss(vae: WanVAE, video: torch.Tensor, kl_weight: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Reconstruction of a sampled posterior latent; the KL of q(z|x) to N(0, 1)."""
-    stream = vae.stream_encoder()
-    x = video.to(vae.dtype)
-    chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(4, dim=2))
-    features = torch.cat([vae.encoder(chunk, stream.cache) for chunk in chunks], 2)
-    mu, log_var = vae.conv1(features).float().chunk(2, dim=1)
+    mu, log_var = vae.stream_encoder().moments(video)
     log_var = log_var.clamp(-30.0, 20.0)
     z = mu + torch.randn(mu.shape, generator=generator, device=mu.device) * (0.5 * log_var).exp()
     # decode the raw latent: the normalisation is only measured after training
-    decoder = vae.stream_decoder()
-    z_in = vae.conv2(z.to(vae.dtype))
-    recon = torch.cat([vae.decoder(z_in[:, :, i:i + 1], decoder.cache) for i in range(z.shape[2])], 2).float()
+    recon = vae.stream_decoder().decode_raw(z)
     l1, mse = F.l1_loss(recon, video), F.mse_loss(recon, video)
     kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
     return {"loss": l1 + mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl,
@@ -86,12 +81,8 @@ def vae_loss(vae: WanVAE, video: torch.Tensor, kl_weight: float, generator: torc
 def latent_statistics(vae: WanVAE, clips: ClipTensors, frames: int, num_windows: int,
                       generator: torch.Generator) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of the encoder's mu over random windows (unnormalised)."""
-    original = vae.config
-    vae.config = replace(original, latent_mean=(0.0,) * original.z_dim, latent_std=(1.0,) * original.z_dim)
-    try:
-        mus = [vae.encode(sample_windows(clips, 8, frames, generator)) for _ in range(math.ceil(num_windows / 8))]
-    finally:
-        vae.config = original
+    mus = [vae.stream_encoder().moments(sample_windows(clips, 8, frames, generator))[0]
+           for _ in range(math.ceil(num_windows / 8))]
     mu = torch.cat(mus).transpose(0, 1).flatten(1)              # [z_dim, N]
     return tuple(mu.mean(1).tolist()), tuple(mu.std(1).clamp_min(1e-3).tolist())
 
@@ -122,11 +113,7 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, config: VAETrainConfig 
             with autocast:
                 losses = vae_loss(vae, sample_windows(clips, config.batch_size, config.window_frames, generator),
                                   config.kl_weight, noise)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            optimizer.step()
-            ema.update(vae, step)
+            grad_norm = optimizer_step(vae, optimizer, ema, losses["loss"], step)
             step += 1
             bar.update(1)
             if step % config.log_every == 0:

@@ -44,6 +44,17 @@ class EMA:
             average.copy_(current)
 
 
+def optimizer_step(model: nn.Module, optimizer, ema: EMA, loss: torch.Tensor, step: int,
+                   max_grad_norm: float = 1.0) -> torch.Tensor:
+    """Backward, clip, update, EMA; returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    ema.update(model, step)
+    return grad_norm
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":

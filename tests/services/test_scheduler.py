@@ -40,6 +40,13 @@ class Recorder:
         return [o for o in self.outputs if o.session_id == session_id]
 
 
+def wait_until(condition, timeout_s: float = 30.0) -> None:
+    """Poll `condition` while the engine threads run; the assertions after it say what failed."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def make(pipeline, **config):
     recorder = Recorder()
     scheduler = Scheduler(pipeline, SchedulerConfig(**config), recorder.output, recorder.error,
@@ -163,9 +170,7 @@ def test_engine_thread_streams_and_shuts_down(pipeline):
     scheduler.start()
     try:
         scheduler.add_session("a", start_image(), "x")
-        deadline = time.monotonic() + 30
-        while len(recorder.outputs) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(recorder.outputs) >= 3)
         assert [o.block_index for o in recorder.outputs[:3]] == [0, 1, 2]
     finally:
         scheduler.shutdown()
@@ -218,9 +223,7 @@ def test_started_engine_denoises_the_next_batch_while_the_vae_decodes(pipeline, 
     scheduler.start()
     try:
         scheduler.add_session("a", start_image(), "x")
-        deadline = time.monotonic() + 30
-        while len(recorder.outputs) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(recorder.outputs) >= 3)
     finally:
         scheduler.shutdown()
     decodes = [e for e in events if e[0] == "decode"]
@@ -246,9 +249,7 @@ def test_a_decode_failure_on_the_vae_thread_drops_only_that_session(pipeline, mo
     failing.append(scheduler._running["bad"].session)
     scheduler.start()
     try:
-        deadline = time.monotonic() + 30
-        while (len(recorder.of("good")) < 4 or not recorder.errors) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(recorder.of("good")) >= 4 and recorder.errors)
     finally:
         scheduler.shutdown()
     assert [sid for sid, _ in recorder.errors] == ["bad"]

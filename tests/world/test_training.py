@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from lingbot_rt.model.config import model_config
 from lingbot_rt.model.controls import control_embedding, parse_action_string, poses_from_actions
 from lingbot_rt.model.dit import CausalWanModel
 from lingbot_rt.model.sampler import NUM_TRAIN_TIMESTEPS, euler_sigmas, sample_euler
-from lingbot_rt.model.text_encoder import PromptTokenizer, TextEncoder
 from lingbot_rt.world import pose_probe
 from lingbot_rt.world.clips import load_clip_tensors
 from lingbot_rt.world.data import generate_dataset
@@ -29,7 +27,7 @@ from lingbot_rt.world.evaluate import evaluate_teacher
 from lingbot_rt.world.latents import condition_clips, pad_features, video_tensor
 from lingbot_rt.world.metrics import psnr, ssim
 from lingbot_rt.world.pose_probe import GAP, MOTION_SCALE, PoseProbe, relative_motion, train_probe
-from lingbot_rt.world.text import make_world_text_encoder, make_world_tokenizer
+from lingbot_rt.world.text import world_text_encoder
 from lingbot_rt.world.train_teacher import TEACHER_DIR, TeacherTrainConfig, flow_matching_loss, train_teacher
 from lingbot_rt.world.train_vae import (VAE_CONFIG, VAE_WEIGHTS, VAETrainConfig, latent_statistics, load_trained_vae,
                                         sample_windows, train_vae)
@@ -83,9 +81,7 @@ def vae(vae_run):
 
 @pytest.fixture(scope="module")
 def text_encoder():
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer = PromptTokenizer.from_folder(make_world_tokenizer(folder), WORLD.text_len)
-    return TextEncoder(make_world_text_encoder(), tokenizer)
+    return world_text_encoder()
 
 
 @pytest.fixture(scope="module")
