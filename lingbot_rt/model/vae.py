@@ -131,6 +131,10 @@ def _keep_last_frames(past: torch.Tensor | None, x: torch.Tensor) -> torch.Tenso
     return torch.cat([past[:, :, -missing:], x], 2)
 
 
+def _detached(cache: ConvCache) -> ConvCache:
+    return [None if past is None else past.detach() for past in cache]
+
+
 def _per_frame(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a 2D layer to every frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
     b, c, t, h, w = x.shape
@@ -416,6 +420,10 @@ class WanVAE(nn.Module):
         _check_video(video)
         return self.stream_encoder().encode(video)
 
+    def detach_(self) -> None:
+        """Cut the cached activations from the graph that made them (truncated backprop in training)."""
+        self.cache = _detached(self.cache)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, z_dim, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1], float32."""
         return self.stream_decoder().decode(z)
@@ -442,6 +450,10 @@ class StreamingEncoder:
         self.vae = vae
         self.cache: ConvCache = [None] * vae.encoder.num_cache_slots
         self.num_frames = 0                     # pixel frames encoded so far
+
+    def detach_(self) -> None:
+        """Cut the cached frames from the graph that made them (truncated backprop in training)."""
+        self.cache = _detached(self.cache)
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """video [B, 3, F, H, W] in [-1, 1], the next F frames of the stream -> latents
@@ -486,6 +498,10 @@ class StreamingDecoder:
         self.cache: ConvCache = [None] * vae.decoder.num_cache_slots
         self.num_latent_frames = 0              # latent frames decoded so far
         self.latent_shape: tuple[int, int, int] | None = None   # (B, h, w), fixed by the first block
+
+    def detach_(self) -> None:
+        """Cut the cached activations from the graph that made them (truncated backprop in training)."""
+        self.cache = _detached(self.cache)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, z_dim, T, h, w], the next T of the stream -> video

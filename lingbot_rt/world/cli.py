@@ -20,7 +20,7 @@ def cmd_gen_data(args) -> int:
     from .data import generate_dataset
     out = generate_dataset(args.out, num_clips=args.clips, frames_per_clip=args.frames, height=args.height,
                            width=args.width, seed=args.seed, shard_size=args.shard_size, device=args.device,
-                           progress=not args.quiet)
+                           progress=not args.quiet, workers=args.workers)
     print(f"wrote {args.clips} clips under {out}")
     return 0
 
@@ -33,8 +33,8 @@ def _device(name: str | None) -> str:
 def cmd_train_vae(args) -> int:
     from .train_vae import VAETrainConfig, train_vae
     config = VAETrainConfig(dim=args.dim, batch_size=args.batch_size, steps=args.steps, minutes=args.minutes,
-                            lr=args.lr, seed=args.seed, window_frames=args.window_frames,
-                            stats_windows=args.stats_windows)
+                            lr=args.lr, seed=args.seed, episode_frames=args.episode_frames,
+                            window_frames=args.window_frames, stats_windows=args.stats_windows)
     out = train_vae(args.data, args.out, config, max_clips=args.max_clips, device=_device(args.device))
     print(f"VAE written to {out}")
     return 0
@@ -85,8 +85,8 @@ def cmd_eval(args) -> int:
         torch.save(probe.state_dict(), probe_path)
     report = evaluate_teacher(model, vae, world_text_encoder(device), clips, probe.eval(), num_steps=args.steps,
                               guidance=args.guidance, out_dir=args.out)
-    summary = {k: report[k]["psnr"] for k in ("model", "copy_first_frame", "vae_reconstruction")}
-    print(json.dumps({"psnr": summary, "action_following": report["action_following"]}, indent=2))
+    summary = {k: report[k]["psnr_3s"] for k in ("model", "copy_first_frame", "vae_reconstruction")}
+    print(json.dumps({"psnr_3s": summary, "action_following": report["action_following"]}, indent=2))
     return 0
 
 
@@ -113,6 +113,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="dataset seed: clip i's map and walk come from (seed, i)")
     p.add_argument("--shard-size", type=int, default=100, help="clips per shard directory")
     p.add_argument("--device", default="cpu", help="render device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--workers", type=int, default=1, help="processes generating clips in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_gen_data)
 
@@ -120,8 +121,10 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
     p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--window-frames", type=int, default=9, help="frames per training window, 1 + 4k")
-    p.add_argument("--stats-windows", type=int, default=256, help="windows measured for the latent mean/std")
+    p.add_argument("--episode-frames", type=int, default=81, help="frames streamed per episode, 1 + a multiple "
+                   "of --window-frames (at most the clips' length)")
+    p.add_argument("--window-frames", type=int, default=8, help="frames per optimiser step, 4k")
+    p.add_argument("--stats-windows", type=int, default=64, help="episodes measured for the latent mean/std")
     _add_run_arguments(p, batch_size=16, steps=20_000)
     p.set_defaults(func=cmd_train_vae)
 

@@ -1,13 +1,18 @@
 """`lingbot-rt world eval`: generate held-out clips from their first frame and actions, and
 compare them with the renderer's ground truth.
 
-Report (JSON): PSNR and SSIM per frame and per second of rollout (mean over clips), against
-two references: the copy-the-first-frame baseline and the VAE's own reconstruction (the
+Report (JSON): PSNR and SSIM per frame and per second of rollout, against two references: the copy-the-first-frame baseline and the VAE's own reconstruction (the
 ceiling any latent model can reach); action following from the pose probe on generated frames
 vs the commanded motion: mean absolute error of yaw (deg) and forward motion (units) per
 4-frame step, and direction accuracy (the sign of yaw / forward motion where the command
 turns or moves), with the probe's error on the true frames as its floor. A PNG strip shows,
 per clip, true frames above generated ones.
+
+PSNR is that of the mean squared error over the clips (and the frames) it summarises, never
+a mean of per-clip PSNRs: a clip whose player stands still has frames identical to its first
+frame, infinite PSNR for the copy baseline (100 dB once clamped), and one such clip of 32
+lifted the baseline's mean by 3 dB. The conventional mean of per-frame PSNRs is reported too
+(`psnr_frame_mean*`). Frame 0, the given start image, is left out of every summary.
 """
 from __future__ import annotations
 
@@ -15,7 +20,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -23,16 +27,17 @@ from ..model.sampler import sample_euler
 from ..model.vae import video_to_uint8
 from .clips import ClipTensors
 from .latents import condition_clips
-from .metrics import psnr, ssim
+from .metrics import mse, psnr_of_mse, ssim
 from .pose_probe import GAP, PoseProbe, relative_motion
 
 FPS = 16
+HORIZON_SECONDS = 3                  # the headline: the first 3 s of rollout
 YAW_MOVING = math.radians(3.0)       # a step "turns" when the command turns more than this in 4 frames
 FORWARD_MOVING = 0.1                 # a step "moves" when the command moves more than this
 
 
-def per_second(values: np.ndarray) -> list[float]:
-    return [round(float(values[s:s + FPS].mean()), 3) for s in range(0, len(values), FPS)]
+def _db(mse_value) -> float:
+    return round(float(psnr_of_mse(torch.as_tensor(mse_value, dtype=torch.float64))), 3)
 
 
 def action_following(probe: PoseProbe, frames: torch.Tensor, poses: torch.Tensor) -> dict:
@@ -53,13 +58,21 @@ def action_following(probe: PoseProbe, frames: torch.Tensor, poses: torch.Tensor
 
 
 def image_metrics(frames: torch.Tensor, truth: torch.Tensor) -> dict:
-    """uint8 [N, F, H, W, 3] each -> per-frame / per-second / overall PSNR and SSIM."""
+    """uint8 [N, F, H, W, 3] each -> PSNR and SSIM over the first 3 s and all frames (frame 0
+    left out), per second (second 0 from frame 1) and per frame."""
     n, f = frames.shape[:2]
-    p = psnr(frames, truth).view(n, f).mean(0).cpu().numpy()
-    s = ssim(frames, truth).view(n, f).mean(0).cpu().numpy()
-    return {"psnr": round(float(p[1:].mean()), 3), "ssim": round(float(s[1:].mean()), 4),
-            "psnr_per_second": per_second(p), "ssim_per_second": per_second(s),
-            "psnr_per_frame": [round(float(v), 2) for v in p]}
+    errors = mse(frames, truth).view(n, f).double().cpu()                 # [N, F]
+    frame_psnr = psnr_of_mse(errors)
+    similarity = ssim(frames, truth).view(n, f).double().cpu()
+    horizon = slice(1, 1 + HORIZON_SECONDS * FPS)
+    seconds = [slice(max(1, start), start + FPS) for start in range(0, f, FPS) if max(1, start) < f]
+    return {"psnr_3s": _db(errors[:, horizon].mean()), "ssim_3s": round(float(similarity[:, horizon].mean()), 4),
+            "psnr": _db(errors[:, 1:].mean()), "ssim": round(float(similarity[:, 1:].mean()), 4),
+            "psnr_frame_mean_3s": round(float(frame_psnr[:, horizon].mean()), 3),
+            "psnr_frame_mean": round(float(frame_psnr[:, 1:].mean()), 3),
+            "psnr_per_second": [_db(errors[:, s].mean()) for s in seconds],
+            "ssim_per_second": [round(float(similarity[:, s].mean()), 4) for s in seconds],
+            "psnr_per_frame": [round(float(v), 2) for v in psnr_of_mse(errors.mean(0))]}
 
 
 def save_strip(path: Path, truth: torch.Tensor, generated: torch.Tensor, every: int = 8) -> None:

@@ -18,11 +18,20 @@ def _as_float(frames: torch.Tensor) -> torch.Tensor:
     return frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0
 
 
+def mse(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-frame mean squared error of uint8 frames [..., H, W, 3] on [0, 1] (flattened to [N])."""
+    a, b = _as_float(frames), _as_float(reference)
+    return (a - b).square().flatten(1).mean(1)
+
+
+def psnr_of_mse(mse_value: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of a mean squared error on [0, 1]; identical frames (0) read as 100 dB."""
+    return 10 * torch.log10(1.0 / mse_value.clamp_min(1e-10))
+
+
 def psnr(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Per-frame PSNR in dB of uint8 frames [..., H, W, 3] (flattened to [N])."""
-    a, b = _as_float(frames), _as_float(reference)
-    mse = (a - b).square().flatten(1).mean(1).clamp_min(1e-10)
-    return 10 * torch.log10(1.0 / mse)
+    return psnr_of_mse(mse(frames, reference))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

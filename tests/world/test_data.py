@@ -70,6 +70,20 @@ def test_second_run_skips_finished_clips_and_resumes_missing_ones(dataset, monke
         generate_dataset(dataset, **{**SMALL, "height": 32})
 
 
+def test_parallel_workers_write_the_same_clips(dataset, tmp_path):
+    parallel = generate_dataset(tmp_path / "parallel", **SMALL, workers=2)
+    # (the module's dataset may have been extended to 4 clips by a test above: compare the first 3)
+    assert (json.loads((parallel / "shard_00000/manifest.json").read_text())
+            == json.loads((dataset / "shard_00000/manifest.json").read_text()))
+    assert len(ClipDataset(parallel)) == 3
+    for clip_dir in ClipDataset(dataset).clip_dirs[:3]:
+        for name in ("frames.npy", "poses.npy", "keys.npy", "intrinsics.npy"):
+            np.testing.assert_array_equal(np.load(parallel / clip_dir.relative_to(dataset) / name),
+                                          np.load(clip_dir / name), err_msg=name)
+    with pytest.raises(ValueError, match="workers must be positive"):
+        generate_dataset(tmp_path / "none", **SMALL, workers=0)
+
+
 def test_clip_with_a_wrong_shape_file_names_the_file(dataset, tmp_path):
     clip_dir = tmp_path / "clip"
     clip_dir.mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,11 +20,12 @@ from lingbot_rt.model.checkpoint import load_model
 from lingbot_rt.model.config import model_config
 from lingbot_rt.model.controls import control_embedding, parse_action_string, poses_from_actions
 from lingbot_rt.model.dit import CausalWanModel
+from lingbot_rt.model.vae import VAEConfig, WanVAE
 from lingbot_rt.model.sampler import NUM_TRAIN_TIMESTEPS, euler_sigmas, sample_euler
 from lingbot_rt.world import pose_probe
 from lingbot_rt.world.clips import load_clip_tensors
 from lingbot_rt.world.data import generate_dataset
-from lingbot_rt.world.evaluate import evaluate_teacher
+from lingbot_rt.world.evaluate import evaluate_teacher, image_metrics
 from lingbot_rt.world.latents import condition_clips, pad_features, video_tensor
 from lingbot_rt.world.metrics import psnr, ssim
 from lingbot_rt.world.pose_probe import GAP, MOTION_SCALE, PoseProbe, relative_motion, train_probe
@@ -39,7 +41,8 @@ WORLD = model_config("world")
 
 
 def vae_config(steps: int) -> VAETrainConfig:
-    return VAETrainConfig(dim=8, batch_size=2, steps=steps, log_every=1, save_every=1, stats_windows=4)
+    return VAETrainConfig(dim=8, batch_size=2, steps=steps, log_every=1, save_every=1, stats_windows=4,
+                          episode_frames=9, window_frames=4)
 
 
 def teacher_config(steps: int, **changes) -> TeacherTrainConfig:
@@ -191,7 +194,7 @@ def test_train_vae_writes_weights_config_and_log(vae_run):
     assert all(math.isfinite(m) for m in config["latent_mean"]) and min(config["latent_std"]) > 0
     assert config["latent_mean"] != [0.0] * 16          # measured, not the defaults
     records = read_log(vae_run)
-    assert [r["step"] for r in records] == [1, 2]
+    assert [(r["step"], r["window"]) for r in records] == [(1, 0), (2, 1)]     # one episode of 2 windows
     assert all(math.isfinite(r[k]) for r in records for k in ("loss", "l1", "mse", "kl", "psnr", "grad_norm"))
     assert load_state(vae_run)["step"] == 2
     assert json.loads((vae_run / "train_config.json").read_text())["steps"] == 2
@@ -205,6 +208,39 @@ def test_trained_vae_encodes_and_decodes_a_clip(vae, clips):
         frames = vae.decode(latents)
     assert latents.shape == (1, *LATENT_SHAPE) and torch.isfinite(latents).all()
     assert frames.shape == (1, 3, FRAMES, SIZE, SIZE) and frames.abs().max() <= 1
+
+
+def test_vae_train_config_checks_its_windows():
+    assert VAETrainConfig(episode_frames=81, window_frames=8).windows_per_episode == 10
+    with pytest.raises(ValueError, match="window_frames must be a positive multiple of 4"):
+        VAETrainConfig(window_frames=6)
+    with pytest.raises(ValueError, match="episode_frames must be 1 \\+ a multiple of window_frames=8"):
+        VAETrainConfig(episode_frames=80)
+
+
+def test_train_vae_episode_longer_than_the_clips_says_so(dataset, tmp_path):
+    with pytest.raises(ValueError, match="episode_frames=21 .* clips have 17"):
+        train_vae(dataset, tmp_path, replace(vae_config(1), episode_frames=21), device="cpu")
+
+
+def test_stream_detach_keeps_the_cache_and_cuts_its_graph(clips):
+    torch.manual_seed(0)
+    model = WanVAE(VAEConfig(dim=8))
+    video = video_tensor(clips.frames[:1, :9])
+    encoder, decoder = model.stream_encoder(), model.stream_decoder()
+    z = encoder.moments(video[:, :, :5])[0]
+    decoder.decode_raw(z)
+    before = [c.clone() for c in encoder.cache + decoder.cache if c is not None]
+    assert any(c.grad_fn is not None for c in encoder.cache + decoder.cache if c is not None)
+    encoder.detach_()
+    decoder.detach_()
+    after = [c for c in encoder.cache + decoder.cache if c is not None]
+    assert all(c.grad_fn is None for c in after)
+    assert all(torch.equal(a, b) for a, b in zip(after, before)) and len(after) == len(before)
+    # the stream goes on from the detached state exactly as from the attached one
+    with torch.no_grad():
+        whole = model.stream_encoder().moments(video)[0]
+    torch.testing.assert_close(torch.cat([z, encoder.moments(video[:, :, 5:])[0]], 2).detach(), whole)
 
 
 def test_load_trained_vae_without_a_finished_run_says_so(tmp_path):
@@ -473,6 +509,19 @@ def test_psnr_identical_and_constant_offset():
     torch.testing.assert_close(psnr(half, frames), torch.full((6,), 10 * math.log10(2 * 255**2 / 100)))
 
 
+def test_image_metrics_take_psnr_of_the_mean_error_over_clips():
+    truth = torch.randint(10, 240, (2, 49, 16, 16, 3), dtype=torch.uint8)
+    frames = truth.clone()
+    frames[1] += 5                                           # clip 0 exact, clip 1 off by 5 levels
+    metrics = image_metrics(frames, truth)
+    expected = 20 * math.log10(255 / 5) + 10 * math.log10(2)   # mean MSE (0 + (5/255)^2) / 2
+    assert metrics["psnr_3s"] == metrics["psnr"] == pytest.approx(expected, abs=1e-3)
+    assert metrics["psnr_frame_mean_3s"] == pytest.approx((100 + 20 * math.log10(255 / 5)) / 2, abs=1e-3)
+    assert metrics["psnr_per_second"] == [pytest.approx(expected, abs=1e-3)] * 4     # frames 1-15, 16-31, 32-47, 48
+    assert metrics["psnr_per_frame"] == [pytest.approx(expected, abs=0.01)] * 49
+    assert metrics["ssim"] < 1 and metrics["ssim_3s"] == metrics["ssim"]
+
+
 def test_ssim_identical_noisy_constant_and_bad_input():
     frames = _frames(1).clamp(40, 215)
     torch.testing.assert_close(ssim(frames, frames), torch.ones(3))
@@ -579,9 +628,10 @@ def test_evaluate_teacher_runs_the_world_dit(clips, vae, text_encoder):
 def test_cli_train_vae_train_teacher_eval(dataset, tmp_path, capsys, monkeypatch):
     vae_dir, teacher_dir, eval_dir = tmp_path / "vae", tmp_path / "teacher", tmp_path / "eval"
     assert main(["world", "train-vae", "--data", str(dataset), "--out", str(vae_dir), "--dim", "8",
-                 "--batch-size", "2", "--steps", "1", "--max-clips", "2", "--device", "cpu"]) == 0
+                 "--episode-frames", "9", "--window-frames", "4", "--batch-size", "2", "--steps", "1",
+                 "--max-clips", "2", "--device", "cpu"]) == 0
     assert (vae_dir / VAE_WEIGHTS).is_file() and (vae_dir / VAE_CONFIG).is_file()
-    assert load_state(vae_dir)["step"] == 1
+    assert load_state(vae_dir)["step"] == 2           # whole episodes: 2 windows of 4 frames
     assert main(["world", "train-teacher", "--data", str(dataset), "--vae", str(vae_dir), "--out", str(teacher_dir),
                  "--batch-size", "2", "--steps", "1", "--device", "cpu"]) == 0
     assert load_model(teacher_dir / TEACHER_DIR, dtype=torch.float32).cfg == WORLD
@@ -596,7 +646,7 @@ def test_cli_train_vae_train_teacher_eval(dataset, tmp_path, capsys, monkeypatch
     report = json.loads((eval_dir / "eval.json").read_text())
     assert report["clips"] == 2 and report["sampler"]["steps"] == 1
     printed = json.loads(capsys.readouterr().out)
-    assert printed["psnr"]["model"] == report["model"]["psnr"]
+    assert printed["psnr_3s"]["model"] == report["model"]["psnr_3s"]
     # a second eval reuses the stored probe instead of training one
     monkeypatch.setattr(pose_probe, "train_probe", lambda *a, **k: pytest.fail("probe retrained"))
     assert main(eval_args) == 0
