@@ -8,7 +8,9 @@ ROOT=${ROOT:-runs/world}
 CLIPS=${CLIPS:-3000}; HELDOUT=${HELDOUT:-64}; FRAMES=${FRAMES:-81}; SIZE=${SIZE:-128}
 WORKERS=${WORKERS:-14}; DEVICE=${DEVICE:-cuda}
 VAE_MIN=${VAE_MIN:-11}; VAE_BATCH=${VAE_BATCH:-32}; VAE_LR=${VAE_LR:-5e-4}; VAE_WINDOW=${VAE_WINDOW:-8}
-TEACHER_MIN=${TEACHER_MIN:-9}; TEACHER_BATCH=${TEACHER_BATCH:-64}
+TEACHER_MIN=${TEACHER_MIN:-9}; TEACHER_BATCH=${TEACHER_BATCH:-64}; TEACHER_LR=${TEACHER_LR:-3e-4}
+TEACHER_INIT=${TEACHER_INIT:+--init $TEACHER_INIT}       # a model directory to warm-start from
+SKIP_VAE=${SKIP_VAE:-}                                   # set: $ROOT/vae already holds the VAE to use
 EVAL_CLIPS=${EVAL_CLIPS:-32}; PROBE_CLIPS=${PROBE_CLIPS:-300}; PROBE_STEPS=${PROBE_STEPS:-1500}
 EVAL_STEPS=${EVAL_STEPS:-50}
 world="python -m lingbot_rt.cli world"
@@ -20,11 +22,11 @@ $world gen-data --out "$ROOT/data" --clips "$CLIPS" --frames "$FRAMES" --height 
 $world gen-data --out "$ROOT/heldout" --clips "$HELDOUT" --frames "$FRAMES" --height "$SIZE" --width "$SIZE" \
     --seed 1 --workers "$WORKERS" --quiet
 stamp train-vae
-$world train-vae --data "$ROOT/data" --out "$ROOT/vae" --minutes "$VAE_MIN" --batch-size "$VAE_BATCH" \
+[ -n "$SKIP_VAE" ] || $world train-vae --data "$ROOT/data" --out "$ROOT/vae" --minutes "$VAE_MIN" --batch-size "$VAE_BATCH" \
     --lr "$VAE_LR" --window-frames "$VAE_WINDOW" --episode-frames "$FRAMES" --device "$DEVICE"
 stamp train-teacher
 $world train-teacher --data "$ROOT/data" --vae "$ROOT/vae" --out "$ROOT/teacher" --minutes "$TEACHER_MIN" \
-    --batch-size "$TEACHER_BATCH" --device "$DEVICE"
+    --batch-size "$TEACHER_BATCH" --lr "$TEACHER_LR" --device "$DEVICE" $TEACHER_INIT
 stamp eval
 $world eval --data "$ROOT/heldout" --vae "$ROOT/vae" --teacher "$ROOT/teacher/teacher" --probe-data "$ROOT/data" \
     --probe-clips "$PROBE_CLIPS" --probe-steps "$PROBE_STEPS" --clips "$EVAL_CLIPS" --steps "$EVAL_STEPS" \

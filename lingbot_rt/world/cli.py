@@ -54,7 +54,7 @@ def cmd_train_teacher(args) -> int:
     from .train_teacher import TeacherTrainConfig, train_teacher
     device = _device(args.device)
     config = TeacherTrainConfig(batch_size=args.batch_size, steps=args.steps, minutes=args.minutes, lr=args.lr,
-                                seed=args.seed)
+                                seed=args.seed, init=args.init)
     out = train_teacher(_conditioned(args, device), args.out, config)
     print(f"teacher written to {out}")
     return 0
@@ -132,6 +132,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--vae", required=True, help="a train-vae run directory")
     p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    p.add_argument("--init", help="start a new run from this model directory's weights (an earlier run's teacher/)")
     _add_run_arguments(p, batch_size=32, steps=30_000)
     p.set_defaults(func=cmd_train_teacher)
 

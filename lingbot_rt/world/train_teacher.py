@@ -8,6 +8,9 @@ features) and the control zeroed, each with probability 0.1, so sampling can gui
 (`sampler.sample_euler`, 50 steps). AdamW, warm-up, grad clipping, bf16 autocast over fp32
 weights, EMA; exact resume from `checkpoint.pt`.
 
+`--init DIR` starts a new run from an earlier run's weights (a model directory, bf16 as
+written): a longer run across machines that can carry back only the final weights.
+
 Output (`--out`): `teacher/` (a diffusers model directory of the EMA weights, bf16), the run's
 `checkpoint.pt`, `log.jsonl`, `train_config.json`.
 """
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..model.checkpoint import save_model
+from ..model.checkpoint import load_model, save_model
 from ..model.config import model_config
 from ..model.dit import CausalWanModel
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, shift_sigma
@@ -50,6 +53,7 @@ class TeacherTrainConfig:
     log_every: int = 50
     save_every: int = 1000
     seed: int = 0
+    init: str | None = None         # a model directory to start from (a run that has no checkpoint yet)
 
 
 def flow_matching_loss(model: CausalWanModel, data: ConditionedClips, index: torch.Tensor, config: TeacherTrainConfig,
@@ -70,6 +74,16 @@ def flow_matching_loss(model: CausalWanModel, data: ConditionedClips, index: tor
     return F.mse_loss(v, noise - x0)
 
 
+def _start_from(model: CausalWanModel, ema: EMA, model_dir: str) -> None:
+    """Warm start: the weights of an earlier run's model directory, in the model and its EMA."""
+    start = load_model(model_dir, dtype=torch.float32)
+    if start.cfg != model.cfg:
+        raise ValueError(f"--init {model_dir} holds a {start.cfg} model, not the {model.cfg} being trained")
+    model.load_state_dict(start.state_dict())
+    ema.model.load_state_dict(start.state_dict())
+    log.info("starting from the weights in %s", model_dir)
+
+
 def train_teacher(data: ConditionedClips, out_dir: str | Path, config: TeacherTrainConfig = TeacherTrainConfig(),
                   ) -> Path:
     out = Path(out_dir)
@@ -82,6 +96,8 @@ def train_teacher(data: ConditionedClips, out_dir: str | Path, config: TeacherTr
     ema = EMA(model, config.ema_decay)
     generator = torch.Generator(device).manual_seed(config.seed)
     step = load_checkpoint(out, model, ema, optimizer, generator)["step"]
+    if step == 0 and config.init is not None:
+        _start_from(model, ema, config.init)
     budget, logger = Budget(config.steps, config.minutes), JsonlLog(out)
     (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

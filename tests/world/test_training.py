@@ -16,7 +16,7 @@ import torch.nn as nn
 from PIL import Image
 
 from lingbot_rt.cli import main
-from lingbot_rt.model.checkpoint import load_model
+from lingbot_rt.model.checkpoint import load_model, save_model
 from lingbot_rt.model.config import model_config
 from lingbot_rt.model.controls import control_embedding, parse_action_string, poses_from_actions
 from lingbot_rt.model.dit import CausalWanModel
@@ -419,6 +419,20 @@ def test_train_teacher_resume_is_exact(teacher_runs):
     assert_same_tensors(split_state["ema"], full_state["ema"])
     for index in full_state["optimizer"]["state"]:
         assert_same_tensors(split_state["optimizer"]["state"][index], full_state["optimizer"]["state"][index])
+
+
+def test_train_teacher_init_starts_from_a_model_directory(teacher_runs, conditioned, tmp_path):
+    full, _ = teacher_runs
+    start = {k: v.float() for k, v in load_model(full / TEACHER_DIR, dtype=torch.float32).state_dict().items()}
+    run = train_teacher(conditioned, tmp_path / "warm", teacher_config(1, lr=0.0, init=str(full / TEACHER_DIR)))
+    state = load_state(run)
+    assert_same_tensors(state["model"], start)             # lr 0: still exactly the init weights
+    assert_same_tensors(state["ema"], start)
+    assert json.loads((run / "train_config.json").read_text())["init"] == str(full / TEACHER_DIR)
+    other = tmp_path / "other"
+    save_model(CausalWanModel(model_config("tiny")), other)
+    with pytest.raises(ValueError, match="--init .* holds a"):
+        train_teacher(conditioned, tmp_path / "bad", teacher_config(1, init=str(other)))
 
 
 # ---- sampler.py -----------------------------------------------------------------------------
