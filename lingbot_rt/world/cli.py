@@ -90,6 +90,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .shipped import export_world_weights
+    out = export_world_weights(args.vae, args.teacher, args.out)
+    print(f"world weights written to {out}")
+    return 0
+
+
 def _add_run_arguments(p: argparse.ArgumentParser, batch_size: int, steps: int) -> None:
     """Options every training run takes (after its own)."""
     p.add_argument("--batch-size", type=int, default=batch_size)
@@ -149,6 +156,13 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a trained VAE and teacher in the shipped layout (bf16)")
+    p.add_argument("--vae", required=True, help="a train-vae run directory")
+    p.add_argument("--teacher", required=True, help="a model directory (a train-teacher run's teacher/)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "weights"),
+                   help="output directory (default: the package's shipped weights)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

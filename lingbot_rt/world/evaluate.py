@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..model.sampler import sample_euler
 from ..model.vae import video_to_uint8
@@ -93,7 +94,7 @@ def evaluate_teacher(model, vae, text_encoder, clips: ClipTensors, probe: PosePr
     data = condition_clips(clips, vae, text_encoder, model.cfg.text_len, device)
     generator = torch.Generator(device).manual_seed(seed)
     generated, recon = [], []
-    for start in range(0, len(clips), batch_size):
+    for start in tqdm(range(0, len(clips), batch_size), desc=f"sample ({num_steps} steps)", unit="batch", leave=False):
         index = torch.arange(start, min(start + batch_size, len(clips)), device=device)
         noise = torch.randn(data.x0[index].shape, generator=generator, device=device)
         uncond_context = data.empty_context.expand(len(index), -1, -1)
