@@ -4,6 +4,7 @@
     lingbot-rt inspect-checkpoint ckpt/tiny/lingbot_world_fast
     lingbot-rt generate --checkpoint ckpt/tiny --image input.jpg --prompt "a forest" --actions "w-10,d-5" --out out.mp4
     lingbot-rt serve                      # play at http://127.0.0.1:8000
+    lingbot-rt serve --stages ray         # the DiT and VAE stages in two Ray actors
 """
 from __future__ import annotations
 
@@ -104,12 +105,33 @@ def cmd_serve(args) -> int:
     from .services.gateway import GatewayConfig
     from .services.scheduler import SchedulerConfig
     ensure_default_release(args.checkpoint)
-    pipeline = _load_pipeline(args, replace(_stream_config(args), max_sessions=args.max_sessions))
+    executor = _load_executor(args, replace(_stream_config(args), max_sessions=args.max_sessions))
     scheduler = SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting)
-    gateway = GatewayConfig(auth_tokens=frozenset(args.token or ()), jpeg_quality=args.jpeg_quality)
+    gateway = GatewayConfig(auth_tokens=frozenset(args.token or ()), jpeg_quality=args.jpeg_quality,
+                            idle_timeout_s=args.idle_timeout, max_session_s=args.max_session)
     addresses = ServeAddresses(args.host, args.port, args.web_port, args.metrics_port or None)
-    asyncio.run(run(pipeline, scheduler, gateway, addresses, grace=args.grace))
+    try:
+        asyncio.run(run(executor, scheduler, gateway, addresses, grace=args.grace))
+    finally:
+        executor.shutdown()
     return 0
+
+
+def _load_executor(args, config):
+    """The serving stages: in this process, or two Ray actors (`services/ray_stages.py`)."""
+    if args.stages == "in-process":
+        from .services.executor import InProcessExecutor
+        return InProcessExecutor(_load_pipeline(args, config))
+    if args.device is not None:
+        raise ValueError("--device is for --stages in-process; with --stages ray, Ray places the two stage "
+                         "actors (a GPU each, one GPU shared, or the CPU)")
+    try:
+        import ray
+    except ImportError:
+        raise ValueError('--stages ray needs Ray: python -m pip install -e ".[ray]"') from None
+    from .services.ray_stages import RayExecutor, RayStagesConfig
+    ray.init()                               # joins the cluster in RAY_ADDRESS if set, else starts one here
+    return RayExecutor(args.checkpoint, config, RayStagesConfig(dtype=args.dtype, text_device=args.text_device))
 
 
 def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | None = None) -> None:
@@ -158,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve sessions: gRPC gateway, browser player, /metrics")
     from .pipeline.tiny_checkpoint import DEFAULT_RELEASE
+    from .services.executor import STAGES
+    from .services.gateway import GatewayConfig
+    gateway_defaults = GatewayConfig()
     add_stream_arguments(p, checkpoint_default=DEFAULT_RELEASE)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port")
@@ -169,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", action="append", help="require this auth token (repeatable)")
     p.add_argument("--jpeg-quality", type=int, default=85)
     p.add_argument("--grace", type=float, default=5.0, help="seconds running sessions get on shutdown")
+    p.add_argument("--idle-timeout", type=float, default=gateway_defaults.idle_timeout_s,
+                   help="end a session after this many seconds without an action")
+    p.add_argument("--max-session", type=float, default=gateway_defaults.max_session_s,
+                   help="end a session after this many seconds")
+    p.add_argument("--stages", default="in-process", choices=STAGES,
+                   help="where the DiT and VAE stages run: this process, or two pipelined Ray actors")
     p.set_defaults(func=cmd_serve)
 
     from .world.cli import add_world_commands
@@ -180,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from .model.checkpoint import CheckpointError
+    from .services.executor import StageError
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, StageError, ValueError, FileNotFoundError) as exc:
         print(f"lingbot-rt: error: {exc}", file=sys.stderr)
         return 2
 

@@ -62,6 +62,11 @@ def test_generate_names_a_missing_model_file(release, image_file, tmp_path, caps
     assert "missing VAE weights" in capsys.readouterr().err
 
 
+def test_serve_with_ray_stages_refuses_a_device(release, capsys):
+    assert main(["serve", "--checkpoint", str(release), "--stages", "ray", "--device", "cpu"]) == 2
+    assert "Ray places the two stage actors" in capsys.readouterr().err
+
+
 def load_demo():
     spec = importlib.util.spec_from_file_location("wasd_demo", REPO / "demo" / "wasd_demo.py")
     module = importlib.util.module_from_spec(spec)

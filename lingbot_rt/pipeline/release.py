@@ -101,12 +101,20 @@ def load_release(root: str | Path, *, device: torch.device | str = "cpu", dtype:
     if not root.is_dir():
         raise CheckpointError(f"release root {root} is not a directory")
     manifest = ReleaseManifest.read(root)
-    vae_path = _require(root / VAE_FILE, "VAE weights")
+    _require(root / VAE_FILE, "VAE weights")
     t5_path = _require(root / T5_FILE, "text encoder weights")
     tokenizer_dir = _require(root / TOKENIZER_DIR, "tokenizer folder")
     dit = load_fast(root, dtype=dtype, device=device)
-    vae = load_vae(vae_path, manifest.vae_config(), dtype=vae_dtype, device=device)
+    vae = load_release_vae(root, device=device, dtype=vae_dtype)
     text_encoder = TextEncoder.from_checkpoint(t5_path, tokenizer_dir, manifest.text_encoder_config(),
                                                device=device if text_device is None else text_device,
                                                dtype=text_dtype, text_len=dit.cfg.text_len)
     return Release(dit, vae, text_encoder, manifest)
+
+
+def load_release_vae(root: str | Path, *, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> WanVAE:
+    """Only the release's VAE (what the VAE stage holds)."""
+    root = Path(root)
+    manifest = ReleaseManifest.read(root)
+    return load_vae(_require(root / VAE_FILE, "VAE weights"), manifest.vae_config(), dtype=dtype, device=device)

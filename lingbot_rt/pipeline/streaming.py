@@ -135,6 +135,12 @@ def latent_frame_ends(num_frames: int) -> np.ndarray:
     return np.arange(num_frames - 1, -1, -VIDEO_FRAMES_PER_LATENT)[::-1].copy()
 
 
+@torch.inference_mode()
+def decode_block(decoder: StreamingDecoder, latents: torch.Tensor) -> np.ndarray:
+    """The next block of one stream: latents [16, F, h, w] -> uint8 frames [T, H, W, 3]."""
+    return video_to_uint8(decoder.decode(latents[None])[0]).cpu().numpy()
+
+
 class StreamingInference:
     """A release's DiT, VAE and text encoder streaming up to `max_sessions` sessions."""
 
@@ -242,10 +248,9 @@ class StreamingInference:
             session.num_video_frames += plan.num_frames
         return latents
 
-    @torch.inference_mode()
     def decode(self, session: Session, latents: torch.Tensor) -> np.ndarray:
         """One session's block latents [16, F, h, w] -> uint8 frames [T, H, W, 3]."""
-        return video_to_uint8(session.decoder.decode(latents[None])[0]).cpu().numpy()
+        return decode_block(session.decoder, latents)
 
     def synchronize(self) -> None:
         """Wait for the device (timings)."""

@@ -1,5 +1,6 @@
 """`lingbot-rt serve`: one process serving a release: the gRPC gateway (with its scheduler
-and engine thread), the browser player with its WebSocket bridge, and `/metrics`.
+and engine thread), the browser player with its WebSocket bridge, and `/metrics`; the DiT and
+VAE stages run in it too, or in two Ray actors (`--stages ray`, `ray_stages.py`).
 
     browser --WebSocket--> web bridge --gRPC Play--> gateway --> scheduler --> DiT --> VAE
     gRPC clients (load tests, apps) -------------------^
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..pipeline import StreamingInference
+from .executor import Executor
 from .gateway import GatewayConfig, WorldGateway
 from .metrics import serve_metrics
 from .scheduler import SchedulerConfig
@@ -37,11 +38,11 @@ class ServeAddresses:
 class Server:
     """The gateway and the web player on one event loop; `start` returns the bound ports."""
 
-    def __init__(self, pipeline: StreamingInference, scheduler_config: SchedulerConfig = SchedulerConfig(),
+    def __init__(self, executor: Executor, scheduler_config: SchedulerConfig = SchedulerConfig(),
                  gateway_config: GatewayConfig = GatewayConfig(), addresses: ServeAddresses = ServeAddresses()):
         self.addresses = addresses
         self.registry = CollectorRegistry()
-        self.gateway = WorldGateway(pipeline, scheduler_config, gateway_config, self.registry)
+        self.gateway = WorldGateway(executor, scheduler_config, gateway_config, self.registry)
         self._runner: web.AppRunner | None = None
         self.grpc_port = self.web_port = None
 
@@ -64,13 +65,14 @@ class Server:
         await self.gateway.stop(grace)
 
 
-async def run(pipeline: StreamingInference, scheduler_config: SchedulerConfig, gateway_config: GatewayConfig,
+async def run(executor: Executor, scheduler_config: SchedulerConfig, gateway_config: GatewayConfig,
               addresses: ServeAddresses, grace: float = 5.0) -> None:
-    server = Server(pipeline, scheduler_config, gateway_config, addresses)
+    server = Server(executor, scheduler_config, gateway_config, addresses)
     grpc_port, web_port = await server.start()
+    stream = executor.config
     metrics = f", metrics on :{addresses.metrics_port}/metrics" if addresses.metrics_port else ""
     print(f"play at http://{addresses.host}:{web_port}  (gRPC lingbot.v1.WorldService on {addresses.host}:"
-          f"{grpc_port}{metrics}; {pipeline.height}x{pipeline.width} at {pipeline.config.fps} fps; Ctrl-C stops)",
+          f"{grpc_port}{metrics}; {stream.height}x{stream.width} at {stream.fps} fps; Ctrl-C stops)",
           flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """`WorldGateway`: the gRPC front door (`lingbot.v1.WorldService`, proto/lingbot/v1/world.proto)
 over one `Scheduler`, in one asyncio process.
 
-    gateway = WorldGateway(pipeline, SchedulerConfig(max_batch=4), GatewayConfig(jpeg_quality=85))
+    gateway = WorldGateway(InProcessExecutor(pipeline), SchedulerConfig(max_batch=4), GatewayConfig(jpeg_quality=85))
     port = await gateway.start("0.0.0.0:50051")
     ...
     await gateway.stop(grace=5.0)
@@ -52,7 +52,8 @@ from prometheus_client import CollectorRegistry
 
 from ..model.controls import KEYS
 from ..model.image_condition import ImageError
-from ..pipeline.streaming import CapacityError, StreamingInference
+from ..pipeline.streaming import CapacityError
+from .executor import Executor
 from .metrics import ServingMetrics
 from .proto.lingbot.v1 import world_pb2, world_pb2_grpc
 from .scheduler import BlockOutput, Scheduler, SchedulerConfig
@@ -83,6 +84,8 @@ class GatewayConfig:
     max_concurrent_rpcs: int | None = None
     keepalive_time_s: float = 20.0       # ping idle clients, so dead peers free their slot
     keepalive_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0        # a session with no action for this long ends (frees its slot)
+    max_session_s: float = 3600.0        # a session ends after this long, whatever it does
 
     def __post_init__(self):
         if not 1 <= self.jpeg_quality <= 95:
@@ -90,8 +93,9 @@ class GatewayConfig:
         for name in ("jpeg_threads", "queue_blocks", "max_prompt_chars", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_actions_per_second <= 0 or self.first_message_timeout_s <= 0:
-            raise ValueError("max_actions_per_second and first_message_timeout_s must be > 0")
+        for name in ("max_actions_per_second", "first_message_timeout_s", "idle_timeout_s", "max_session_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def server_options(self) -> list[tuple[str, int]]:
         return [("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
@@ -141,6 +145,7 @@ class _SessionStream:
         self.actions = _TokenBucket(config.max_actions_per_second)
         self.last_sequence = -1
         self.action_times: dict[int, float] = {}   # action sequence -> monotonic receipt, until its first frame
+        self.started = self.last_input = time.monotonic()
 
     def put(self, block: BlockOutput) -> None:
         self.blocks.append(block)
@@ -219,11 +224,11 @@ def scene_image(name: str, scenes: dict[str, str], height: int, width: int):
 class WorldGateway(world_pb2_grpc.WorldServiceServicer):
     """WorldService over a `Scheduler` it owns; `start` / `stop` on the serving event loop."""
 
-    def __init__(self, pipeline: StreamingInference, scheduler_config: SchedulerConfig = SchedulerConfig(),
+    def __init__(self, executor: Executor, scheduler_config: SchedulerConfig = SchedulerConfig(),
                  config: GatewayConfig = GatewayConfig(), registry: CollectorRegistry | None = None):
         self.config, self.scheduler_config = config, scheduler_config
         self.metrics = ServingMetrics(registry if registry is not None else CollectorRegistry())
-        self.scheduler = Scheduler(pipeline, scheduler_config, on_output=self._on_output, on_error=self._on_error,
+        self.scheduler = Scheduler(executor, scheduler_config, on_output=self._on_output, on_error=self._on_error,
                                    on_step=self.metrics.observe_batch)
         self.metrics.track_sessions(self.scheduler.stats)
         self._streams: dict[str, _SessionStream] = {}
@@ -303,7 +308,7 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
 
     # ---- RPCs ----------------------------------------------------------------------------
     async def Play(self, request_iterator, context: grpc.aio.ServicerContext):
-        stream, reader, error = None, None, None
+        stream, reader, watchdog, error = None, None, None, None
         try:
             start = await self._read_start(request_iterator, context)
             stream = await self._open_session(start)
@@ -311,6 +316,7 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
                 session_id=stream.session_id, fps=self.scheduler.fps, height=self.scheduler.height,
                 width=self.scheduler.width)))
             reader = asyncio.create_task(self._read_actions(request_iterator, stream))
+            watchdog = asyncio.create_task(self._enforce_limits(stream))
             await self._write_frames(stream, context)
         except RpcError as exc:
             error = exc
@@ -320,8 +326,9 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
             log.exception("session %s failed", stream.session_id if stream else "(starting)")
             error = RpcError(Status.INTERNAL, f"internal error: {type(exc).__name__}", "internal")
         finally:
-            if reader is not None:
-                reader.cancel()
+            for task in (reader, watchdog):
+                if task is not None:
+                    task.cancel()
             if stream is not None:
                 self._close_session(stream)
         if error is not None:
@@ -458,6 +465,24 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
         except grpc.aio.AioRpcError:         # the call is ending; the handler sees it too
             stream.finish()
 
+    async def _enforce_limits(self, stream: _SessionStream) -> None:
+        """End the session when it has had no action for `idle_timeout_s`, or has lasted
+        `max_session_s`: an abandoned or endless session must not hold a KV slot forever."""
+        config = self.config
+        while not stream.ended:
+            now = time.monotonic()
+            idle_left = stream.last_input + config.idle_timeout_s - now
+            length_left = stream.started + config.max_session_s - now
+            if length_left <= 0:
+                stream.fail(RpcError(Status.DEADLINE_EXCEEDED, f"the session reached the maximum length of "
+                                     f"{config.max_session_s:g} s; start a new one", "max_length"))
+            elif idle_left <= 0:
+                stream.fail(RpcError(Status.DEADLINE_EXCEEDED, f"no action for {config.idle_timeout_s:g} s: the "
+                                     "session ended to free its slot; send an action at least that often",
+                                     "idle"))
+            else:
+                await asyncio.sleep(min(idle_left, length_left))
+
     def _apply_action(self, stream: _SessionStream, action: world_pb2.Action) -> None:
         unknown = sorted(set(action.keys) - set(KEYS))
         if unknown:
@@ -472,7 +497,7 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
             raise RpcError(Status.RESOURCE_EXHAUSTED, f"more than {self.config.max_actions_per_second:g} actions/s; "
                            "send an action when the held keys change, or at most once per frame")
         stream.last_sequence = action.sequence
-        stream.action_times[action.sequence] = time.monotonic()
+        stream.last_input = stream.action_times[action.sequence] = time.monotonic()
         if len(stream.action_times) > MAX_TRACKED_ACTIONS:      # e.g. while the session waits for a slot
             del stream.action_times[next(iter(stream.action_times))]
         try:

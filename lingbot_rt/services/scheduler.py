@@ -4,20 +4,22 @@ A session is a request that never ends; its "decode step" is one block (3 latent
 video frames). Every engine step:
 
 1. admits waiting sessions (FCFS) into free KV-cache slots (a slot = one row of the pool
-   `StreamingInference` preallocates; the pool size caps sessions per GPU);
+   the DiT stage preallocates; the pool size caps sessions per GPU);
 2. picks up to `max_batch` running sessions, earliest frame deadline first (a session's next
    block is due one block-duration after its previous one: deadline-aware fairness, as
    StreamDiffusionV2's SLO-aware batching), sessions at any position in their streams;
 3. reads each one's latest action (the block's keys are fixed here; later input goes to the
    next block), plans and denoises the batch in one set of DiT passes (the DiT stage);
 4. the VAE stage decodes each session's block with its own streaming decoder and hands the
-   frames to `on_output`: inline when `step` is called directly, on its own thread (and CUDA
-   stream) once `start` runs the engine, so the DiT works on batch N + 1 while the VAE decodes
-   batch N.
+   frames to `on_output`: inline when `step` is called directly, on its own thread once `start`
+   runs the engine, so the DiT works on batch N + 1 while the VAE decodes batch N.
+
+Where the stages run is the `Executor`'s business (`executor.py`): in this process (the VAE on
+its own CUDA stream), or in two Ray actors (`ray_stages.py`); the scheduler is the same.
 
 A full pool queues new sessions up to `max_waiting`, then refuses them (`CapacityError`):
 for an interactive stream, refusal beats preemption (a preempted player would freeze).
-Failure isolation: a session whose plan or decode raises is dropped alone (`on_error`; a
+Failure isolation: a session whose open, plan or decode raises is dropped alone (`on_error`; a
 decode failure on the VAE thread is handled by the engine thread at its next step); a
 DiT batch that raises drops the sessions of that batch (their caches may be half-written),
 never the others.
@@ -35,13 +37,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..model.controls import KEYS, check_key
+from ..model.controls import check_key
 from ..model.image_condition import load_image
-from ..pipeline.streaming import CapacityError, Session, StreamingInference
+from ..pipeline.streaming import CapacityError
+from .executor import DenoisedBlock, Executor
+from .stages import BlockRequest
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +85,10 @@ class _Action:
 @dataclass
 class _Entry:
     session_id: str
-    pixels: torch.Tensor | None                # the checked start image, until the session opens
+    pixels: torch.Tensor | None              # the checked start image, until the session opens
     prompt: str
     seed: int
     action: _Action = field(default_factory=_Action)
-    session: Session | None = None           # set once admitted
     blocks: int = 0
     deadline: float = 0.0                    # monotonic time its next block is due
     queued_at: float = field(default_factory=time.monotonic)
@@ -94,20 +100,20 @@ class _Decode:
     entry: _Entry
     block_index: int
     action: _Action
-    first_frame: int
-    latents: torch.Tensor
+    block: DenoisedBlock
     timings: dict[str, float]
 
 
 class Scheduler:
-    def __init__(self, pipeline: StreamingInference, config: SchedulerConfig,
+    def __init__(self, executor: Executor, config: SchedulerConfig,
                  on_output: Callable[[BlockOutput], None], on_error: Callable[[str, Exception], None],
                  on_step: Callable[[int], None] | None = None):
         """on_output / on_error(session_id, exc) / on_step(batch_size) run on the engine thread."""
-        self.pipeline, self.config = pipeline, config
+        self.executor, self.config = executor, config
         self.on_output, self.on_error, self.on_step = on_output, on_error, on_step
-        self.height, self.width, self.fps = pipeline.height, pipeline.width, pipeline.config.fps
-        self.block_seconds = pipeline.config.block_frames * 4 / self.fps
+        stream = executor.config
+        self.height, self.width, self.fps = stream.height, stream.width, stream.fps
+        self.block_seconds = stream.block_frames * 4 / self.fps
         self._lock = threading.Lock()
         self._waiting: deque[_Entry] = deque()
         self._running: dict[str, _Entry] = {}
@@ -125,12 +131,13 @@ class Scheduler:
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         pixels = load_image(image, self.height, self.width)     # refuse a bad image now, not in the engine
         with self._lock:
-            if session_id in self._running or any(e.session_id == session_id for e in self._waiting):
+            if (session_id in self._running or session_id in self._opening
+                    or any(e.session_id == session_id for e in self._waiting)):
                 raise ValueError(f"session {session_id!r} already exists")
-            beyond_free_slots = len(self._waiting) - self.pipeline.free_slots   # would wait for a slot
+            beyond_free_slots = len(self._waiting) - self.executor.free_slots   # would wait for a slot
             if beyond_free_slots >= self.config.max_waiting:
                 raise CapacityError(f"server full: {len(self._running)} sessions playing of "
-                                    f"{self.pipeline.config.max_sessions} and {len(self._waiting)} waiting; "
+                                    f"{self.executor.config.max_sessions} and {len(self._waiting)} waiting; "
                                     "try again later")
             self._removed.discard(session_id)
             self._waiting.append(_Entry(session_id, pixels, prompt, seed))
@@ -154,7 +161,7 @@ class Scheduler:
     def stats(self) -> dict:
         with self._lock:
             return {"running": len(self._running), "waiting": len(self._waiting),
-                    "max_sessions": self.pipeline.config.max_sessions}
+                    "max_sessions": self.executor.config.max_sessions}
 
     # ---- the engine ----------------------------------------------------------------------
     def _release_removed(self) -> None:
@@ -162,17 +169,17 @@ class Scheduler:
             removed = [self._running.pop(s) for s in list(self._removed) if s in self._running]
             self._removed.clear()
         for entry in removed:
-            self.pipeline.close_session(entry.session)
+            self.executor.close_session(entry.session_id)
 
     def _admit(self) -> None:
         while True:
             with self._lock:
-                if not self._waiting or self.pipeline.free_slots == 0:
+                if not self._waiting or self.executor.free_slots == 0:
                     return
                 entry = self._waiting.popleft()
                 self._opening[entry.session_id] = entry
             try:
-                entry.session = self.pipeline.open_session(entry.pixels, entry.prompt, entry.seed)
+                self.executor.open_session(entry.session_id, entry.pixels, entry.prompt, entry.seed)
             except Exception as exc:                            # noqa: BLE001 - isolate the session
                 with self._lock:
                     self._opening.pop(entry.session_id, None)
@@ -186,7 +193,7 @@ class Scheduler:
                 self._opening.pop(entry.session_id, None)
                 if entry.session_id in self._removed:           # removed while it was being opened
                     self._removed.discard(entry.session_id)
-                    self.pipeline.close_session(entry.session)
+                    self.executor.close_session(entry.session_id)
                     continue
                 self._running[entry.session_id] = entry
 
@@ -195,16 +202,11 @@ class Scheduler:
             ready = sorted(self._running.values(), key=lambda e: e.deadline)[: self.config.max_batch]
             return [(entry, entry.action) for entry in ready]
 
-    def _plan(self, entry: _Entry, action: _Action):
-        _, num = self.pipeline.actions_needed(entry.session)
-        row = np.array([key in action.keys for key in KEYS], np.float32)
-        return self.pipeline.plan(entry.session, np.tile(row, (num, 1)))
-
     def _fail(self, entry: _Entry, exc: Exception) -> None:
         log.warning("session %s failed: %s", entry.session_id, exc)
         with self._lock:
             self._running.pop(entry.session_id, None)
-        self.pipeline.close_session(entry.session)
+        self.executor.close_session(entry.session_id)
         self.on_error(entry.session_id, exc)
 
     def _process_failures(self) -> None:
@@ -222,34 +224,36 @@ class Scheduler:
         self._release_removed()
         self._admit()
         start = time.monotonic()
-        batch = []
-        for entry, action in self._pick():
-            try:                                   # a bad plan touches no state: drop only that session
-                batch.append((entry, action, self._plan(entry, action)))
-            except Exception as exc:               # noqa: BLE001 - isolate the session
-                self._fail(entry, exc)
+        batch = self._pick()
         if not batch:
             return 0
-        try:
-            latents = self.pipeline.denoise([e.session for e, _, _ in batch], [p for _, _, p in batch])
-            self.pipeline.synchronize()
+        try:                                       # a block that cannot be planned fails alone, in `blocks`
+            blocks = self.executor.denoise([BlockRequest(entry.session_id, action.keys) for entry, action in batch])
         except Exception as exc:                   # noqa: BLE001 - the batch's caches are suspect: drop it
-            for entry, _, _ in batch:
+            for entry, _ in batch:
                 self._fail(entry, exc)
             return 0
         timings = {"denoise": time.monotonic() - start}
+        denoised = []
+        for entry, action in batch:
+            block = blocks[entry.session_id]
+            if isinstance(block, Exception):
+                self._fail(entry, block)
+            else:
+                denoised.append((entry, action, block))
+        if not denoised:
+            return 0
         if self.on_step is not None:
-            self.on_step(len(batch))
-        for (entry, action, plan), block in zip(batch, latents):
-            item = _Decode(entry, entry.blocks, action, plan.first_frame, block,
-                           dict(timings, queue=max(0.0, start - entry.deadline)))
+            self.on_step(len(denoised))
+        for entry, action, block in denoised:
+            item = _Decode(entry, entry.blocks, action, block, dict(timings, queue=max(0.0, start - entry.deadline)))
             entry.blocks += 1
             entry.deadline = max(entry.deadline + self.block_seconds, start)
             if self._vae_thread is None:
                 self._decode(item)
             else:
                 self._decodes.put(item)            # blocks when the VAE stage is 2 batches behind
-        return len(batch)
+        return len(denoised)
 
     def _decode(self, item: "_Decode") -> None:
         """The VAE stage for one block: decode with the session's streaming decoder, emit."""
@@ -259,7 +263,7 @@ class Scheduler:
                 return                             # the player left: no frames for nobody
         decode_start = time.monotonic()
         try:
-            frames = self.pipeline.decode(entry.session, item.latents)
+            frames = item.block.decode()
         except Exception as exc:                   # noqa: BLE001 - each session has its own decoder
             if self._vae_thread is None:
                 self._fail(entry, exc)
@@ -268,13 +272,12 @@ class Scheduler:
                     self._failed.append((entry, exc))
             return
         item.timings["decode"] = time.monotonic() - decode_start
-        self.on_output(BlockOutput(entry.session_id, item.block_index, item.first_frame, frames,
+        self.on_output(BlockOutput(entry.session_id, item.block_index, item.block.first_frame, frames,
                                    item.action.seq, item.action.client_time, item.timings))
 
     def start(self) -> None:
         """Run the DiT stage on an engine thread and the VAE stage on its own thread, pipelined:
-        the DiT denoises batch N + 1 while the VAE decodes batch N (on the GPU, the VAE thread
-        uses its own CUDA stream)."""
+        the DiT denoises batch N + 1 while the VAE decodes batch N."""
         if self._thread is not None:
             raise RuntimeError("the scheduler is already running")
         self._stop.clear()
@@ -290,15 +293,8 @@ class Scheduler:
                 time.sleep(self.config.idle_sleep_s)
 
     def _vae_loop(self) -> None:
-        device = self.pipeline.device
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         while (item := self._decodes.get()) is not None:
-            if stream is None:
-                self._decode(item)
-                continue
-            with torch.cuda.stream(stream):        # latents are complete: the DiT stage synchronized
-                item.latents.record_stream(stream)
-                self._decode(item)
+            self._decode(item)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -314,5 +310,5 @@ class Scheduler:
             self._running.clear()
             self._waiting.clear()
         for entry in entries:
-            self.pipeline.close_session(entry.session)
+            self.executor.close_session(entry.session_id)
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from lingbot_rt.pipeline.streaming import StreamConfig, StreamingInference
 from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
+from lingbot_rt.services.executor import InProcessExecutor
 from lingbot_rt.services.gateway import SERVICE_NAME, GatewayConfig, WorldGateway
 from lingbot_rt.services.metrics import serve_metrics
 from lingbot_rt.services.proto.lingbot.v1 import world_pb2 as pb
@@ -62,7 +63,7 @@ def run(scenario) -> None:
 @contextlib.asynccontextmanager
 async def serving(pipeline, scheduler_config=SchedulerConfig(), config=GatewayConfig()):
     """(gateway, address) of a started gateway; stopped on exit."""
-    gateway = WorldGateway(pipeline, scheduler_config, config, CollectorRegistry())
+    gateway = WorldGateway(InProcessExecutor(pipeline), scheduler_config, config, CollectorRegistry())
     port = await gateway.start("127.0.0.1:0")
     try:
         yield gateway, f"127.0.0.1:{port}"
@@ -269,6 +270,44 @@ def test_bad_action_ends_the_session(pipeline, case):
     run(scenario())
 
 
+def test_idle_session_ends_and_frees_its_slot(pipeline):
+    async def scenario():
+        config = GatewayConfig(idle_timeout_s=0.6)
+        async with serving(pipeline, config=config) as (gateway, address), grpc.aio.insecure_channel(address) as channel:
+            player = Player(channel, start())
+            await player.read("session_started")
+            for sequence in range(3):        # actions keep it alive past the idle timeout
+                player.act("w", sequence)
+                await asyncio.sleep(0.3)
+            assert gateway.scheduler.stats()["running"] == 1
+            await player.error(grpc.StatusCode.DEADLINE_EXCEEDED, "no action for 0.6 s")
+            assert metric(gateway, "lingbot_errors_total", code="DEADLINE_EXCEEDED") == 1
+            for _ in range(100):
+                if gateway.scheduler.stats()["running"] == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert gateway.scheduler.stats() == {"running": 0, "waiting": 0, "max_sessions": 2}
+    run(scenario())
+
+
+def test_session_ends_at_its_maximum_length_even_while_playing(pipeline):
+    async def scenario():
+        config = GatewayConfig(max_session_s=0.8)
+        async with serving(pipeline, config=config) as (gateway, address), grpc.aio.insecure_channel(address) as channel:
+            player = Player(channel, start())
+            await player.read("session_started")
+            player.act("w", 0)
+            await player.error(grpc.StatusCode.DEADLINE_EXCEEDED, "maximum length of 0.8 s")
+    run(scenario())
+
+
+def test_session_limits_must_be_positive():
+    with pytest.raises(ValueError, match="idle_timeout_s must be > 0"):
+        GatewayConfig(idle_timeout_s=0)
+    with pytest.raises(ValueError, match="max_session_s must be > 0"):
+        GatewayConfig(max_session_s=-1)
+
+
 def test_auth_token_from_metadata_or_start(pipeline):
     async def scenario():
         config = GatewayConfig(auth_tokens=frozenset({"s3cret"}))
@@ -321,7 +360,7 @@ def test_health_reflection_and_models(pipeline):
 
 def test_stop_drains_then_ends_sessions_with_unavailable(pipeline):
     async def scenario():
-        gateway = WorldGateway(pipeline, SchedulerConfig(), GatewayConfig(), CollectorRegistry())
+        gateway = WorldGateway(InProcessExecutor(pipeline), SchedulerConfig(), GatewayConfig(), CollectorRegistry())
         address = f"127.0.0.1:{await gateway.start('127.0.0.1:0')}"
         async with grpc.aio.insecure_channel(address) as channel:
             player = Player(channel, start())

@@ -12,7 +12,8 @@ from lingbot_rt.model.image_condition import ImageError
 from lingbot_rt.pipeline import StreamConfig, StreamingInference
 from lingbot_rt.pipeline.streaming import CapacityError
 from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
-from lingbot_rt.services.scheduler import Scheduler, SchedulerConfig
+from lingbot_rt.services.executor import InProcessExecutor
+from tests.services.helpers import make_scheduler, wait_until
 from tests.test_streaming import start_image
 
 
@@ -26,32 +27,8 @@ def pipeline(release):
     return StreamingInference.from_release(release, StreamConfig(max_sessions=2), dtype=torch.float32)
 
 
-class Recorder:
-    def __init__(self):
-        self.outputs, self.errors, self.batch_sizes = [], [], []
-
-    def output(self, block):
-        self.outputs.append(block)
-
-    def error(self, session_id, exc):
-        self.errors.append((session_id, exc))
-
-    def of(self, session_id):
-        return [o for o in self.outputs if o.session_id == session_id]
-
-
-def wait_until(condition, timeout_s: float = 30.0) -> None:
-    """Poll `condition` while the engine threads run; the assertions after it say what failed."""
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def make(pipeline, **config):
-    recorder = Recorder()
-    scheduler = Scheduler(pipeline, SchedulerConfig(**config), recorder.output, recorder.error,
-                          on_step=recorder.batch_sizes.append)
-    return scheduler, recorder
+    return make_scheduler(InProcessExecutor(pipeline), **config)
 
 
 @pytest.fixture
@@ -137,7 +114,7 @@ def test_a_failing_session_does_not_take_others_down(pipeline, scheduler, monkey
     scheduler.add_session("bad", start_image(seed=2), "x")
     scheduler.step()
     real_decode = pipeline.decode
-    bad_session = scheduler._running["bad"].session
+    bad_session = scheduler.executor.dit.sessions["bad"]
 
     def decode(session, latents):
         if session is bad_session:
@@ -246,7 +223,7 @@ def test_a_decode_failure_on_the_vae_thread_drops_only_that_session(pipeline, mo
     scheduler.add_session("good", start_image(seed=1), "x")
     scheduler.add_session("bad", start_image(seed=2), "x")
     scheduler.step()
-    failing.append(scheduler._running["bad"].session)
+    failing.append(scheduler.executor.dit.sessions["bad"])
     scheduler.start()
     try:
         wait_until(lambda: len(recorder.of("good")) >= 4 and recorder.errors)
