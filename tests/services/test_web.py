@@ -14,6 +14,7 @@ from PIL import Image
 from lingbot_rt.pipeline import StreamConfig, StreamingInference
 from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
 from lingbot_rt.services.app import ServeAddresses, Server
+from lingbot_rt.services.executor import InProcessExecutor
 from lingbot_rt.services.scheduler import SchedulerConfig
 from tests.test_streaming import start_image
 
@@ -25,7 +26,7 @@ def release(tmp_path_factory):
 
 def serve(release, max_sessions=2, max_waiting=0):
     pipeline = StreamingInference.from_release(release, StreamConfig(max_sessions=max_sessions), dtype=torch.float32)
-    return Server(pipeline, SchedulerConfig(max_waiting=max_waiting),
+    return Server(InProcessExecutor(pipeline), SchedulerConfig(max_waiting=max_waiting),
                   addresses=ServeAddresses("127.0.0.1", 0, 0, None))
 
 
