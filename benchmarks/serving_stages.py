@@ -85,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="world", help="named DiT config")
     ap.add_argument("--vae", default="world", help="named VAE config")
+    ap.add_argument("--text-encoder", default="world", help="named T5 config (its dim must be the DiT's text_dim)")
     ap.add_argument("--size", type=int, default=128, help="frame height and width")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--stages", nargs="+", default=["in-process", "ray"])
@@ -97,7 +98,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         release = make_tiny_checkpoint(Path(tmp) / "release", config=args.model, manifest=ReleaseManifest(
-            vae=args.vae, text_encoder="tiny", height=args.size, width=args.size))
+            vae=args.vae, text_encoder=args.text_encoder, height=args.size, width=args.size))
         for stages in args.stages:
             for sessions in args.sessions:
                 executor = make_executor(stages, release, StreamConfig(max_sessions=sessions), device)

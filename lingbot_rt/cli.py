@@ -117,6 +117,39 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_play(args) -> int:
+    import asyncio
+    import statistics
+    from pathlib import Path
+
+    import numpy as np
+
+    from .model.controls import parse_action_string
+    from .services.client import PlayError, play_script
+    image = Path(args.image).read_bytes() if args.image else None
+    try:
+        frames, session = asyncio.run(play_script(args.server, parse_action_string(args.actions),
+                                                  scene="" if image else args.scene, image=image,
+                                                  prompt=args.prompt, seed=args.seed, token=args.token or ""))
+    except PlayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        from .pipeline.video import VideoWriter
+        with VideoWriter(args.out, fps=session.fps) as writer:
+            writer.write(np.stack([np.asarray(frame.image()) for frame in frames]))
+    latencies = sorted(f.latency_s * 1e3 for f in frames if f.latency_s is not None)
+    span = frames[-1].received - frames[0].received if len(frames) > 1 else 0.0
+    print(json.dumps({
+        "session_id": session.session_id, "frames": len(frames), "size": [session.height, session.width],
+        "delivered_fps": round((len(frames) - 1) / span, 2) if span else None,
+        "action_to_frame_ms": {"count": len(latencies),
+                               "p50": round(statistics.median(latencies), 1) if latencies else None,
+                               "max": round(latencies[-1], 1) if latencies else None},
+        "out": args.out}, indent=2))
+    return 0
+
+
 def _load_executor(args, config):
     """The serving stages: in this process, or two Ray actors (`services/ray_stages.py`)."""
     if args.stages == "in-process":
@@ -201,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default="in-process", choices=STAGES,
                    help="where the DiT and VAE stages run: this process, or two pipelined Ray actors")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("play", help="play a session on a server from a key script; print fps and latency")
+    p.add_argument("--server", default="127.0.0.1:50051", help="gRPC address HOST:PORT")
+    p.add_argument("--scene", default="world-0", help="built-in start view (world-<seed>)")
+    p.add_argument("--image", help="start image file (JPEG/PNG) instead of --scene")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--actions", default="w-32,l-16,none-16",
+                   help="keys held per frame: <keys>-<frames>,... (e.g. w-32,l-16,none-16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token", help="auth token, when the server requires one")
+    p.add_argument("--out", help="also write the frames to this .mp4")
+    p.set_defaults(func=cmd_play)
 
     from .world.cli import add_world_commands
     add_world_commands(sub)

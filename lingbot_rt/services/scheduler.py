@@ -134,7 +134,8 @@ class Scheduler:
             if (session_id in self._running or session_id in self._opening
                     or any(e.session_id == session_id for e in self._waiting)):
                 raise ValueError(f"session {session_id!r} already exists")
-            beyond_free_slots = len(self._waiting) - self.executor.free_slots   # would wait for a slot
+            # sessions being opened hold no slot yet, but will: count them with the waiting ones
+            beyond_free_slots = len(self._waiting) + len(self._opening) - self.executor.free_slots
             if beyond_free_slots >= self.config.max_waiting:
                 raise CapacityError(f"server full: {len(self._running)} sessions playing of "
                                     f"{self.executor.config.max_sessions} and {len(self._waiting)} waiting; "

@@ -178,6 +178,32 @@ def test_actions_and_removal_during_session_opening_are_kept(pipeline, scheduler
     assert recorder.of("b") == [] and scheduler.stats()["running"] == 1 and pipeline.free_slots == 1
 
 
+def test_a_session_being_opened_counts_against_capacity(pipeline, monkeypatch):
+    """While the engine opens a session its slot is not taken yet; admission must not hand it
+    out twice (2 slots, no waiting room: a being opened + c waiting leave no room for b)."""
+    scheduler, _ = make(pipeline, max_waiting=0)
+    real_open = pipeline.open_session
+    outcome = []
+
+    def open_session(image, prompt, seed):
+        if not outcome:
+            try:
+                scheduler.add_session("b", start_image(), "x")
+                outcome.append("accepted")
+            except CapacityError as exc:
+                outcome.append(str(exc))
+        return real_open(image, prompt, seed)
+
+    monkeypatch.setattr(pipeline, "open_session", open_session)
+    try:
+        scheduler.add_session("a", start_image(), "x")
+        scheduler.add_session("c", start_image(), "x")
+        scheduler.step()
+        assert len(outcome) == 1 and "server full" in outcome[0]
+    finally:
+        scheduler.shutdown()
+
+
 def test_started_engine_denoises_the_next_batch_while_the_vae_decodes(pipeline, monkeypatch):
     """Pipelined stages: with a slow decode, a DiT step begins before the previous decode ends."""
     events = []
