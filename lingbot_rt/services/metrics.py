@@ -40,6 +40,8 @@ class ServingMetrics:
         self.registry = registry
         self.sessions_active = Gauge("lingbot_sessions_active", "Sessions generating now (holding a KV slot)",
                                      registry=registry)
+        self.kv_slots = Gauge("lingbot_kv_slots", "KV-cache rows in the pool: sessions that can play at once "
+                              "(KV use = lingbot_sessions_active / lingbot_kv_slots)", registry=registry)
         self.sessions_waiting = Gauge("lingbot_sessions_waiting", "Sessions admitted and waiting for a KV slot",
                                       registry=registry)
         self.sessions_admitted = Counter("lingbot_sessions_admitted_total", "Sessions accepted by the scheduler",
@@ -73,8 +75,9 @@ class ServingMetrics:
             self.stage_seconds.labels(stage=stage)
 
     def track_sessions(self, stats: Callable[[], dict]) -> None:
-        """Read the session gauges from `stats()` (`Scheduler.stats`) at each scrape."""
+        """Read the session gauges and the pool size from `stats()` (`Scheduler.stats`) at each scrape."""
         self.sessions_active.set_function(lambda: stats()["running"])
+        self.kv_slots.set_function(lambda: stats()["max_sessions"])
         self.sessions_waiting.set_function(lambda: stats()["waiting"])
 
     def observe_block(self, num_frames: int, timings: dict[str, float]) -> None:

@@ -355,6 +355,7 @@ def test_health_reflection_and_models(pipeline):
             finally:
                 server.shutdown()
             assert "lingbot_sessions_active 0.0" in text and 'lingbot_stage_seconds_count{stage="jpeg"} 0.0' in text
+            assert "lingbot_kv_slots 2.0" in text          # the pool of the fixture's pipeline
     run(scenario())
 
 
