@@ -21,9 +21,21 @@ from dataclasses import dataclass
 import grpc
 from PIL import Image
 
+from ..model.controls import KEYS
 from .proto.lingbot.v1 import world_pb2, world_pb2_grpc
 
 MAX_MESSAGE_BYTES = 16 << 20
+
+
+def open_channel(address: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+    """An insecure channel to a lingbot-rt server whose messages may carry a start image."""
+    return grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", max_message_bytes),
+                                                       ("grpc.max_send_message_length", max_message_bytes)])
+
+
+def status_of(code: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of an `Error.code` number (UNKNOWN for a number gRPC does not define)."""
+    return next((s for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN)
 
 
 class PlayError(Exception):
@@ -75,7 +87,7 @@ class PlaySession:
                 return
             kind = message.WhichOneof("message")
             if kind == "error":
-                raise PlayError(_status(message.error.code), message.error.message)
+                raise PlayError(status_of(message.error.code), message.error.message)
             if kind != "frame":
                 continue
             frame, now = message.frame, time.monotonic()
@@ -93,10 +105,6 @@ class PlaySession:
         self._call.cancel()
 
 
-def _status(code: int) -> grpc.StatusCode:
-    return next((s for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN)
-
-
 class Client:
     """A channel to a lingbot-rt server (`host:port`); `play` starts sessions on it."""
 
@@ -105,9 +113,7 @@ class Client:
         self._channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> "Client":
-        self._channel = grpc.aio.insecure_channel(self.address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._channel = open_channel(self.address)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -137,7 +143,7 @@ class Client:
         kind = reply.WhichOneof("message") if reply is not grpc.aio.EOF else None
         if kind == "error":
             call.cancel()
-            raise PlayError(_status(reply.error.code), reply.error.message)
+            raise PlayError(status_of(reply.error.code), reply.error.message)
         if kind != "session_started":
             call.cancel()
             raise PlayError(grpc.StatusCode.UNKNOWN, f"expected session_started, got {kind or 'the end of the stream'}")
@@ -146,7 +152,6 @@ class Client:
 
 def held_keys(actions) -> list[str]:
     """Multi-hot actions [F, 8] (`parse_action_string`) -> the keys held in each frame."""
-    from ..model.controls import KEYS
     return ["".join(key for key, on in zip(KEYS, row) if on) for row in actions]
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 from aiohttp import WSMsgType, web
 
+from .client import open_channel, status_of
 from .proto.lingbot.v1 import world_pb2, world_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,8 @@ async def _relay(call, ws: web.WebSocketResponse) -> None:
                                 "t": f.client_timestamp * 1000.0, "timings": timings})
             await ws.send_bytes(f.jpeg)
         elif kind == "error":
-            await ws.send_json({"type": "error", "code": grpc.StatusCode(_status(reply.error.code)).name,
+            await ws.send_json({"type": "error", "code": status_of(reply.error.code).name,
                                 "message": reply.error.message})
-
-
-def _status(code: int):
-    return next((s.value for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN.value)
 
 
 async def play(request: web.Request) -> web.WebSocketResponse:
@@ -134,12 +131,10 @@ def make_app(gateway_target: str) -> web.Application:
     app.router.add_get("/", page)
     app.router.add_get("/play", play)
 
-    async def open_channel(app):
-        app[CHANNEL] = grpc.aio.insecure_channel(gateway_target, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    async def gateway_channel(app):
+        app[CHANNEL] = open_channel(gateway_target, MAX_MESSAGE_BYTES)
         yield
         await app[CHANNEL].close()
 
-    app.cleanup_ctx.append(open_channel)
+    app.cleanup_ctx.append(gateway_channel)
     return app

@@ -91,8 +91,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .shipped import export_world_weights
-    out = export_world_weights(args.vae, args.teacher, args.out)
+    from .shipped import SHIPPED_DIR, export_world_weights
+    out = export_world_weights(args.vae, args.teacher, args.out or SHIPPED_DIR)
     print(f"world weights written to {out}")
     return 0
 
@@ -160,8 +160,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a trained VAE and teacher in the shipped layout (bf16)")
     p.add_argument("--vae", required=True, help="a train-vae run directory")
     p.add_argument("--teacher", required=True, help="a model directory (a train-teacher run's teacher/)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "weights"),
-                   help="output directory (default: the package's shipped weights)")
+    p.add_argument("--out", help="output directory (default: the package's shipped weights)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -16,7 +16,7 @@ from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
 from lingbot_rt.pipeline.video import read_video
 from lingbot_rt.services.client import Client, PlayError, held_keys, play_script
 from lingbot_rt.services.scheduler import SchedulerConfig
-from tests.services.test_gateway import SIZE, image_bytes, run, serving
+from tests.services.test_gateway import SIZE, image_bytes, run, serving, wait_for_running
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,7 @@ def test_client_plays_a_session_whose_frames_follow_its_action(pipeline):
             assert sum(f.latency_s is not None for f in frames) == 1      # once per action
             assert first.image().size == (SIZE, SIZE)
             await session.stop()
-            for _ in range(100):                 # the server frees the slot
-                if gateway.scheduler.stats()["running"] == 0:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_for_running(gateway, 0)   # the server frees the slot
             assert gateway.scheduler.stats()["running"] == 0
     run(scenario())
 
@@ -82,7 +79,7 @@ def test_play_script_and_the_play_command(pipeline, tmp_path, capsys):
             code = await asyncio.to_thread(main, ["play", "--server", address, "--image", str(image),
                                                   "--actions", "w-9,none-12", "--out", str(out)])
             return code, out
-    code, out = _run_returning(scenario)
+    code, out = run(scenario())
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 21 and report["size"] == [SIZE, SIZE]
@@ -90,11 +87,3 @@ def test_play_script_and_the_play_command(pipeline, tmp_path, capsys):
     video = read_video(out)
     assert video.shape[0] == 21 and isinstance(video, np.ndarray)
 
-
-def _run_returning(scenario):
-    result = []
-
-    async def keep():
-        result.append(await scenario())
-    run(keep())
-    return result[0]

@@ -48,16 +48,25 @@ def image_bytes(size=SIZE, mode="RGB", fmt="PNG") -> bytes:
     return buffer.getvalue()
 
 
-def run(scenario) -> None:
+def run(scenario):
+    """Run a test's coroutine (time-limited, every Player closed after); returns its result."""
     async def run_and_close():
         try:
-            await asyncio.wait_for(scenario, TEST_TIMEOUT_S)
+            return await asyncio.wait_for(scenario, TEST_TIMEOUT_S)
         finally:                             # end every request stream, so no task outlives the loop
             for player in Player.opened:
                 player.outbox.put_nowait(None)
             Player.opened.clear()
             await asyncio.sleep(0.01)
-    asyncio.run(run_and_close())
+    return asyncio.run(run_and_close())
+
+
+async def wait_for_running(gateway: WorldGateway, running: int) -> None:
+    """Until the scheduler runs `running` sessions (a leaving client frees its slot asynchronously)."""
+    for _ in range(100):
+        if gateway.scheduler.stats()["running"] == running:
+            return
+        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -201,10 +210,7 @@ def test_sessions_share_the_server_up_to_capacity(pipeline):
             assert metric(gateway, "lingbot_sessions_active") == 2
 
             second.call.cancel()                # a client that disconnects frees its slot too
-            for _ in range(100):
-                if gateway.scheduler.stats()["running"] == 1:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_for_running(gateway, 1)
             assert gateway.scheduler.stats() == {"running": 1, "waiting": 0, "max_sessions": 2}
     run(scenario())
 
@@ -282,10 +288,7 @@ def test_idle_session_ends_and_frees_its_slot(pipeline):
             assert gateway.scheduler.stats()["running"] == 1
             await player.error(grpc.StatusCode.DEADLINE_EXCEEDED, "no action for 0.6 s")
             assert metric(gateway, "lingbot_errors_total", code="DEADLINE_EXCEEDED") == 1
-            for _ in range(100):
-                if gateway.scheduler.stats()["running"] == 0:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_for_running(gateway, 0)
             assert gateway.scheduler.stats() == {"running": 0, "waiting": 0, "max_sessions": 2}
     run(scenario())
 
