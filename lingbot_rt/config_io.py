@@ -30,6 +30,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             except ValueError as exc:
                 errors.append(str(exc))
         raise ValueError(errors[0])
+    if dataclasses.is_dataclass(hint):                 # a nested config: a mapping of its fields
+        return config_from_dict(hint, value, name)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{name}: expected a list, got {value!r}")

@@ -8,6 +8,10 @@ Per block (Self-Forcing / LingBot-World-Fast, consistency-style sampling):
      unless last: x = (1 - sigma_{k+1}) * x0 + sigma_{k+1} * fresh noise.
   3. Commit: a t = 0 pass on x0 writes the block's K/V ("clean", upstream's 5th forward), or
      the last denoising pass already wrote them ("last_step": 4 forwards, vllm-omni PR #7816).
+
+Training (Self-Forcing) stops a block early at a random `exit_step` and keeps the autograd
+graph of that one pass only: the earlier passes and the commit run without gradient, so no
+gradient crosses blocks through the cache.
 """
 from __future__ import annotations
 
@@ -36,24 +40,33 @@ def randn(shape, generator: Generators, device, dtype=torch.float32) -> torch.Te
 def generate_block(model: CausalWanModel, cache: KVCache, slot_ids: list[int], noise: torch.Tensor,
                    schedule: FewStepSchedule, *, y: torch.Tensor | None = None,
                    control: torch.Tensor | None = None, generator: Generators = None,
-                   commit: str = "clean") -> torch.Tensor:
+                   commit: str = "clean", exit_step: int | None = None) -> torch.Tensor:
     """Denoise one block per session and commit it. noise [B, 16, Fb, H, W] (unit Gaussian);
     returns the clean latents x0 [B, 16, Fb, H, W] float32. `generator` draws the re-noising:
-    one for the batch, or one per session (see `randn`)."""
+    one for the batch, or one per session (see `randn`). `exit_step` (training): return the x0
+    of that step instead of the last one; only that pass records gradients (when enabled)."""
     if commit not in COMMIT_MODES:
         raise ValueError(f"commit must be one of {COMMIT_MODES}, got {commit!r}")
-    batch, device = noise.shape[0], noise.device
-    x = noise.float()
     last = len(schedule.sigmas) - 1
-    for step_index, (sigma, t) in enumerate(zip(schedule.sigmas, schedule.timesteps)):
+    if exit_step is not None and not (0 <= exit_step <= last and (commit == "clean" or exit_step == last)):
+        raise ValueError(f"exit_step must be in [0, {last}] (and {last} with commit='last_step'), got {exit_step}")
+    stop = last if exit_step is None else exit_step
+    batch, device = noise.shape[0], noise.device
+    grad = torch.is_grad_enabled()
+    x = noise.float()
+    for step_index in range(stop + 1):
+        sigma, t = schedule.sigmas[step_index], schedule.timesteps[step_index]
         commit_now = commit == "last_step" and step_index == last
-        v = model.forward_block(x, torch.full((batch,), t, device=device), cache, slot_ids, y=y, control=control,
-                                commit=commit_now)
-        x0 = x - sigma * v
-        if step_index < last:
+        with torch.set_grad_enabled(grad and step_index == stop):
+            v = model.forward_block(x, torch.full((batch,), t, device=device), cache, slot_ids, y=y,
+                                    control=control, commit=commit_now)
+            x0 = x - sigma * v
+        if step_index < stop:
             next_sigma = schedule.sigmas[step_index + 1]
             fresh = randn(x.shape, generator, device, x.dtype)
             x = (1 - next_sigma) * x0 + next_sigma * fresh
     if commit == "clean":
-        model.forward_block(x0, torch.zeros(batch, device=device), cache, slot_ids, y=y, control=control, commit=True)
+        with torch.no_grad():
+            model.forward_block(x0.detach(), torch.zeros(batch, device=device), cache, slot_ids, y=y,
+                                control=control, commit=True)
     return x0

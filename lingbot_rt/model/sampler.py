@@ -54,18 +54,34 @@ def euler_sigmas(num_steps: int, shift: float) -> list[float]:
     return [shift_sigma(1.0 - i / num_steps, shift) for i in range(num_steps + 1)]
 
 
-def sample_euler(model, noise, context, y, control, *, num_steps: int = 50, shift: float = 3.0,
-                 guidance: float = 1.0, uncond_context=None, uncond_control=None, attention: str = "bidirectional"):
-    """Integrate the flow ODE from noise [B, 16, F, H, W] to clean latents with the whole-clip
-    `model.forward` (the bidirectional teacher): Euler steps x += (sigma_next - sigma) * v.
+def ode_grid(num_steps: int, shift: float) -> list[float]:
+    """The `num_steps + 1` sigmas of the teacher ODE the distillation records: entry i is
+    shift(SIGMA_MAX (1 - i / num_steps)), the last is 0. Entry i equals entry
+    i * 1000 / num_steps of `FewStepSchedule.from_indices`' table, so a student whose schedule
+    indices are multiples of 1000 / num_steps steps exactly through recorded points."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return [shift_sigma(SIGMA_MAX * (1.0 - i / num_steps), shift) for i in range(num_steps)] + [0.0]
+
+
+def euler_trajectory(model, noise, context, y, control, sigmas, *, record: tuple[int, ...] = (),
+                     guidance: float = 1.0, uncond_context=None, uncond_control=None,
+                     attention: str = "bidirectional") -> list[torch.Tensor]:
+    """Integrate the flow ODE along `sigmas` (decreasing, ending at 0) from noise
+    [B, 16, F, H, W] with the whole-clip `model.forward`: Euler steps x += (sigma_next - sigma) v.
     With guidance != 1, v = v_u + guidance * (v_c - v_u), the unconditional pass taking
-    `uncond_context` / `uncond_control` (the dropped prompt and control of training)."""
+    `uncond_context` / `uncond_control` (the dropped prompt and control of training).
+    Returns x at each grid index in `record` (x at index i is at sigmas[i]), then the end point."""
+    if any(not 0 <= i < len(sigmas) - 1 for i in record):
+        raise ValueError(f"record indices {record} must lie in [0, {len(sigmas) - 1})")
     x = noise.float()
-    sigmas = euler_sigmas(num_steps, shift)
     guided = guidance != 1.0
     if guided and uncond_context is None:
         raise ValueError("guidance needs uncond_context (and uncond_control if the model is steered)")
-    for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+    recorded = []
+    for index, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        if index in record:
+            recorded.append(x.clone())
         t = torch.full((x.shape[0],), sigma * NUM_TRAIN_TIMESTEPS, device=x.device)
         if guided:
             v_both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, uncond_context]),
@@ -76,4 +92,12 @@ def sample_euler(model, noise, context, y, control, *, num_steps: int = 50, shif
         else:
             v = model(x, t, context, y, control, attention=attention)
         x = x + (next_sigma - sigma) * v
-    return x
+    return recorded + [x]
+
+
+def sample_euler(model, noise, context, y, control, *, num_steps: int = 50, shift: float = 3.0,
+                 guidance: float = 1.0, uncond_context=None, uncond_control=None, attention: str = "bidirectional"):
+    """The teacher's sampler: `euler_trajectory` over `euler_sigmas(num_steps, shift)`; returns
+    the clean latents."""
+    return euler_trajectory(model, noise, context, y, control, euler_sigmas(num_steps, shift), guidance=guidance,
+                            uncond_context=uncond_context, uncond_control=uncond_control, attention=attention)[-1]

@@ -40,22 +40,13 @@ def cmd_train_vae(args) -> int:
     return 0
 
 
-def _conditioned(args, device):
-    from .clips import load_clip_tensors
-    from .latents import condition_clips
-    from .text import TEXT_LEN, world_text_encoder
-    from .train_vae import load_trained_vae
-    vae = load_trained_vae(args.vae, device=device)
-    clips = load_clip_tensors(args.data, max_clips=args.max_clips, device=device)
-    return condition_clips(clips, vae, world_text_encoder(device), TEXT_LEN, device)
-
-
 def cmd_train_teacher(args) -> int:
     from .train_teacher import TeacherTrainConfig, train_teacher
     device = _device(args.device)
     config = TeacherTrainConfig(batch_size=args.batch_size, steps=args.steps, minutes=args.minutes, lr=args.lr,
                                 seed=args.seed, init=args.init)
-    out = train_teacher(_conditioned(args, device), args.out, config)
+    from .latents import load_conditioned_clips
+    out = train_teacher(load_conditioned_clips(args.data, args.vae, device, args.max_clips), args.out, config)
     print(f"teacher written to {out}")
     return 0
 
@@ -66,13 +57,20 @@ def cmd_eval(args) -> int:
     import torch
     from ..model.checkpoint import load_model
     from .clips import load_clip_tensors
-    from .evaluate import evaluate_teacher
+    from .evaluate import evaluate_model, student_sampler, teacher_sampler
     from .pose_probe import PoseProbe, train_probe
-    from .text import world_text_encoder
+    from .text import TEXT_LEN, world_text_encoder
     from .train_vae import load_trained_vae
     device = _device(args.device)
     vae = load_trained_vae(args.vae, device=device)
-    model = load_model(args.teacher, dtype=torch.float32, device=device).eval()
+    model = load_model(args.teacher or args.student, dtype=torch.float32, device=device).eval()
+    if args.teacher:
+        sample = teacher_sampler(model, num_steps=args.steps, guidance=args.guidance)
+    else:
+        from ..config_io import load_config
+        from ..distillation.config import StudentSchedule
+        student = load_config(StudentSchedule, args.schedule) if args.schedule else StudentSchedule()
+        sample = student_sampler(model, student.schedule(), student.cache())
     clips = load_clip_tensors(args.data, max_clips=args.clips, device=device)
     probe_path = Path(args.out) / "probe.pt"
     if probe_path.is_file():
@@ -83,8 +81,8 @@ def cmd_eval(args) -> int:
                             steps=args.probe_steps)
         probe_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(probe.state_dict(), probe_path)
-    report = evaluate_teacher(model, vae, world_text_encoder(device), clips, probe.eval(), num_steps=args.steps,
-                              guidance=args.guidance, out_dir=args.out)
+    report = evaluate_model(sample, vae, world_text_encoder(device), clips, probe.eval(), text_len=TEXT_LEN,
+                            out_dir=args.out)
     summary = {k: report[k]["psnr_3s"] for k in ("model", "copy_first_frame", "vae_reconstruction")}
     print(json.dumps({"psnr_3s": summary, "action_following": report["action_following"]}, indent=2))
     return 0
@@ -146,12 +144,15 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="generate held-out clips and compare with the renderer's ground truth")
     p.add_argument("--data", required=True, help="held-out clips (another gen-data seed)")
     p.add_argument("--vae", required=True)
-    p.add_argument("--teacher", required=True, help="a model directory (config.json + weights)")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--teacher", help="a bidirectional model directory, sampled with --steps and --guidance")
+    model.add_argument("--student", help="a block-causal student's model directory, streamed with its KV cache")
+    p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the distillation's)")
     p.add_argument("--probe-data", required=True, help="clips to train the pose probe on (the training set)")
     p.add_argument("--probe-clips", type=int, default=500)
     p.add_argument("--probe-steps", type=int, default=2000)
     p.add_argument("--clips", type=int, default=32)
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--steps", type=int, default=50, help="the teacher's sampling steps")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--out", required=True)
     p.add_argument("--device")
@@ -168,3 +169,13 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_world_commands(subparsers) -> argparse.ArgumentParser:
     """Register `world` on the main CLI's subparsers (the result of `add_subparsers`)."""
     return build(subparsers.add_parser("world", help="the built-in procedural world: data, training, evaluation"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lingbot_rt.world.cli ...`: the same commands without the serving imports."""
+    args = build(argparse.ArgumentParser(prog="lingbot-rt world")).parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..model.sampler import sample_euler
+from ..model.config import CacheConfig
+from ..model.sampler import FewStepSchedule, sample_euler
 from ..model.vae import video_to_uint8
 from .clips import ClipTensors
-from .latents import condition_clips
+from .latents import ConditionedClips, condition_clips
 from .metrics import mse, psnr_of_mse, ssim
 from .pose_probe import GAP, PoseProbe, relative_motion
 
@@ -84,33 +86,67 @@ def save_strip(path: Path, truth: torch.Tensor, generated: torch.Tensor, every: 
     Image.fromarray(torch.cat(rows, 0).cpu().numpy()).save(path)
 
 
+Sampler = Callable[[ConditionedClips, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def teacher_sampler(model, *, num_steps: int = 50, shift: float = 3.0, guidance: float = 3.0) -> Sampler:
+    """The bidirectional teacher: `num_steps` Euler steps, guidance on prompt + control."""
+    def sample(data: ConditionedClips, index, noise, generator):
+        return sample_euler(model, noise, data.context[index], data.y[index], data.control[index],
+                            num_steps=num_steps, shift=shift, guidance=guidance,
+                            uncond_context=data.empty_context.expand(len(index), -1, -1),
+                            uncond_control=torch.zeros_like(data.control[index]))
+    sample.info = {"kind": "teacher", "steps": num_steps, "shift": shift, "guidance": guidance}
+    return sample
+
+
+def student_sampler(model, schedule: FewStepSchedule, cache_cfg: CacheConfig) -> Sampler:
+    """The block-causal student streaming with its KV cache (`student_rollout`), no guidance."""
+    from ..distillation.self_forcing import student_rollout
+
+    def sample(data: ConditionedClips, index, noise, generator):
+        return student_rollout(model, data.context[index], data.y[index], data.control[index], schedule,
+                               cache_cfg, generator)
+    sample.info = {"kind": "student", "sigmas": list(schedule.sigmas), "block_frames": cache_cfg.block_frames,
+                   "sink_frames": cache_cfg.sink_frames, "window_frames": cache_cfg.window_frames}
+    return sample
+
+
+def dit_flops_per_frame(sample: Sampler, data: ConditionedClips, video_frames: int) -> float:
+    """DiT FLOPs per video frame of one clip, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    index = torch.arange(1, device=data.x0.device)
+    noise = torch.randn(data.x0[index].shape, device=data.x0.device)
+    with FlopCounterMode(display=False) as counter:
+        sample(data, index, noise, torch.Generator(data.x0.device).manual_seed(0))
+    return counter.get_total_flops() / video_frames
+
+
 @torch.no_grad()
-def evaluate_teacher(model, vae, text_encoder, clips: ClipTensors, probe: PoseProbe, *, num_steps: int = 50,
-                     shift: float = 3.0, guidance: float = 3.0, batch_size: int = 8, seed: int = 0,
-                     out_dir: str | Path | None = None) -> dict:
-    """Generate every clip of `clips` from its first frame, prompt and poses with the
-    bidirectional model, and score it. Returns the report (also written to out_dir)."""
+def evaluate_model(sample: Sampler, vae, text_encoder, clips: ClipTensors, probe: PoseProbe, *, text_len: int,
+                   batch_size: int = 8, seed: int = 0, out_dir: str | Path | None = None) -> dict:
+    """Generate every clip of `clips` from its first frame, prompt and poses with `sample` (a
+    `teacher_sampler` or `student_sampler`), and score it. Returns the report (also written to
+    out_dir)."""
     device = clips.frames.device
-    data = condition_clips(clips, vae, text_encoder, model.cfg.text_len, device)
+    data = condition_clips(clips, vae, text_encoder, text_len, device)
     generator = torch.Generator(device).manual_seed(seed)
     generated, recon = [], []
-    for start in tqdm(range(0, len(clips), batch_size), desc=f"sample ({num_steps} steps)", unit="batch", leave=False):
+    for start in tqdm(range(0, len(clips), batch_size), desc=f"sample ({sample.info['kind']})", unit="batch",
+                      leave=False):
         index = torch.arange(start, min(start + batch_size, len(clips)), device=device)
         noise = torch.randn(data.x0[index].shape, generator=generator, device=device)
-        uncond_context = data.empty_context.expand(len(index), -1, -1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            latents = sample_euler(model, noise, data.context[index], data.y[index], data.control[index],
-                                   num_steps=num_steps, shift=shift, guidance=guidance,
-                                   uncond_context=uncond_context,
-                                   uncond_control=torch.zeros_like(data.control[index]))
-        generated.append(video_to_uint8(vae.decode(latents)))
+            latents = sample(data, index, noise, generator)
+        generated.append(video_to_uint8(vae.decode(latents.float())))
         recon.append(video_to_uint8(vae.decode(data.x0[index].float())))
     generated, recon = torch.cat(generated), torch.cat(recon)
     truth = clips.frames
     copy_first = truth[:, :1].expand_as(truth)
     report = {
         "clips": len(clips), "frames": clips.num_frames, "resolution": list(truth.shape[2:4]),
-        "sampler": {"steps": num_steps, "shift": shift, "guidance": guidance, "seed": seed},
+        "sampler": {**sample.info, "seed": seed},
+        "dit_flops_per_frame": dit_flops_per_frame(sample, data, clips.num_frames),
         "model": image_metrics(generated, truth),
         "copy_first_frame": image_metrics(copy_first, truth),
         "vae_reconstruction": image_metrics(recon, truth),
@@ -122,4 +158,5 @@ def evaluate_teacher(model, vae, text_encoder, clips: ClipTensors, probe: PosePr
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         save_strip(out / "eval_strip.png", truth[:4], generated[:4])
+        torch.save(generated[:4].cpu(), out / "generated_first4.pt")
     return report

@@ -68,3 +68,15 @@ def condition_clips(clips: ClipTensors, vae: WanVAE, text_encoder: TextEncoder, 
     features = text_encoder.encode(clips.prompts + [""])
     padded = [pad_features(f, text_len).to(device, torch.bfloat16) for f in features]
     return ConditionedClips(torch.cat(x0), torch.cat(y), torch.stack(control), torch.stack(padded[:-1]), padded[-1])
+
+
+def load_conditioned_clips(data_dir, vae_dir, device: torch.device | str, max_clips: int | None = None
+                           ) -> ConditionedClips:
+    """A dataset directory's clips, conditioned with a trained VAE (a train-vae directory) and
+    the world's text encoder, on `device`."""
+    from .clips import load_clip_tensors
+    from .text import TEXT_LEN, world_text_encoder
+    from .train_vae import load_trained_vae
+    vae = load_trained_vae(vae_dir, device=device)
+    clips = load_clip_tensors(data_dir, max_clips=max_clips, device=device)
+    return condition_clips(clips, vae, world_text_encoder(device), TEXT_LEN, device)

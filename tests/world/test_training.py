@@ -1,7 +1,7 @@
 """Training, sampling and evaluation of the built-in world on CPU, at tiny sizes: the shared
 training machinery (EMA, checkpoints, budget), the VAE and teacher jobs (outputs, exact
 resume), the DiT inputs made from clips, the Euler sampler, the image metrics, the pose probe,
-`evaluate_teacher` and the `lingbot-rt world train-vae / train-teacher / eval` commands."""
+`evaluate_model` and the `lingbot-rt world train-vae / train-teacher / eval` commands."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,7 @@ from lingbot_rt.model.sampler import NUM_TRAIN_TIMESTEPS, euler_sigmas, sample_e
 from lingbot_rt.world import pose_probe
 from lingbot_rt.world.clips import load_clip_tensors
 from lingbot_rt.world.data import generate_dataset
-from lingbot_rt.world.evaluate import evaluate_teacher, image_metrics
+from lingbot_rt.world.evaluate import evaluate_model, image_metrics, teacher_sampler
 from lingbot_rt.world.latents import condition_clips, pad_features, video_tensor
 from lingbot_rt.world.metrics import psnr, ssim
 from lingbot_rt.world.pose_probe import GAP, MOTION_SCALE, PoseProbe, relative_motion, train_probe
@@ -611,8 +611,8 @@ class OracleModel(nn.Module):
 
 def test_evaluate_teacher_report_and_files(clips, vae, text_encoder, conditioned, tmp_path):
     model = OracleModel(conditioned.x0)
-    report = evaluate_teacher(model, vae, text_encoder, clips, PoseProbe(width=8).eval(), num_steps=2,
-                              guidance=3.0, out_dir=tmp_path / "eval")
+    report = evaluate_model(teacher_sampler(model, num_steps=2, guidance=3.0), vae, text_encoder, clips,
+                            PoseProbe(width=8).eval(), text_len=WORLD.text_len, out_dir=tmp_path / "eval")
     assert {"model", "copy_first_frame", "vae_reconstruction", "action_following"} <= report.keys()
     assert report["clips"] == NUM_CLIPS and report["frames"] == FRAMES and report["resolution"] == [SIZE, SIZE]
     for name in ("model", "copy_first_frame", "vae_reconstruction"):
@@ -633,8 +633,10 @@ def test_evaluate_teacher_report_and_files(clips, vae, text_encoder, conditioned
 def test_evaluate_teacher_runs_the_world_dit(clips, vae, text_encoder):
     torch.manual_seed(0)
     model = CausalWanModel(WORLD).eval()
-    report = evaluate_teacher(model, vae, text_encoder, clips, PoseProbe(width=8).eval(), num_steps=2)
-    assert report["sampler"] == {"steps": 2, "shift": 3.0, "guidance": 3.0, "seed": 0}
+    report = evaluate_model(teacher_sampler(model, num_steps=2), vae, text_encoder, clips,
+                            PoseProbe(width=8).eval(), text_len=WORLD.text_len)
+    assert report["sampler"] == {"kind": "teacher", "steps": 2, "shift": 3.0, "guidance": 3.0, "seed": 0}
+    assert report["dit_flops_per_frame"] > 0
     assert math.isfinite(report["model"]["psnr"]) and math.isfinite(report["model"]["ssim"])
 
 

@@ -1,0 +1,157 @@
+"""`lingbot-rt distill ...`: the distillation jobs, in pipeline order.
+
+    lingbot-rt distill ode-pairs --teacher T --data D --vae V --out runs/pairs --num-pairs 1024
+    lingbot-rt distill causal-init --teacher T --data D --vae V --pairs runs/pairs --out runs/init
+    lingbot-rt distill dmd --student runs/init/student --teacher T --data D --vae V --out runs/dmd \
+        [--workers 2 --gpus-per-worker 1]
+    lingbot-rt distill memory-plan --config lingbot-14b --gpus 8 --gpu-gb 80
+
+T is a teacher model directory (the shipped world teacher: lingbot_rt/world/weights/teacher),
+D a `world gen-data` directory, V a VAE (a train-vae directory, or lingbot_rt/world/weights).
+Every job resumes from what its --out directory holds. `--config FILE` reads the job's whole
+config from YAML (`config.py`: ODEPairsConfig, CausalInitConfig, DMDConfig); the flags given
+on the command line override it.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from functools import partial
+
+
+def _device(name: str | None):
+    import torch
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _load_config(cls, path):
+    from ..config_io import load_config
+    return load_config(cls, path) if path else cls()
+
+
+def cmd_ode_pairs(args) -> int:
+    from ..model.checkpoint import load_model
+    from ..world.latents import load_conditioned_clips
+    from .config import ODEPairsConfig
+    from .ode_pairs import generate_ode_pairs
+    device = _device(args.device)
+    config = replace(_load_config(ODEPairsConfig, args.config), **_given(args, "num_pairs", "shard_size",
+                                                                          "batch_size", "seed"))
+    teacher = load_model(args.teacher, dtype=_dtype(device), device=device)
+    data = load_conditioned_clips(args.data, args.vae, device, args.max_clips)
+    out = generate_ode_pairs(teacher, data, args.out, config)
+    print(f"{config.num_pairs} ODE pairs in {out}")
+    return 0
+
+
+def cmd_causal_init(args) -> int:
+    from ..world.latents import load_conditioned_clips
+    from .causal_init import STUDENT_DIR, train_causal_init
+    from .config import CausalInitConfig
+    from .ode_pairs import load_ode_pairs
+    device = _device(args.device)
+    config = replace(_load_config(CausalInitConfig, args.config), **_given(args, "objective", "batch_size", "lr",
+                                                                            "steps", "minutes", "seed"))
+    data = load_conditioned_clips(args.data, args.vae, device, args.max_clips)
+    pairs = load_ode_pairs(args.pairs, device) if args.pairs else None
+    out = train_causal_init(args.teacher, data, pairs, args.out, config, init_dir=args.init)
+    print(f"causal student written to {out / STUDENT_DIR}")
+    return 0
+
+
+def cmd_dmd(args) -> int:
+    from ..world.latents import load_conditioned_clips
+    from .causal_init import STUDENT_DIR
+    from .config import DMDConfig
+    from .ray_job import DMDJob, run_ray_job
+    from .trainer import DMDTrainer
+    config = replace(_load_config(DMDConfig, args.config), **_given(args, "batch_size", "steps", "minutes", "seed",
+                                                                     "generator_lr", "critic_lr"))
+    load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips)
+    if args.workers == 0:                    # this process, no Ray
+        device = _device(args.device)
+        DMDTrainer(args.student, args.teacher, load_data(device), args.out, config, args.critic).train()
+    else:
+        import ray
+        ray.init()                           # joins RAY_ADDRESS's cluster if set, else starts one here
+        run_ray_job(DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic),
+                    args.workers, args.gpus_per_worker)
+    print(f"DMD student written to {args.out}/{STUDENT_DIR}")
+    return 0
+
+
+def cmd_memory_plan(args) -> int:
+    from .memory_plan import plan_command
+    return plan_command(args)
+
+
+def _dtype(device):
+    import torch
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _given(args, *names) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="the teacher's model directory")
+    p.add_argument("--data", required=True, help="a `world gen-data` directory (the conditioning: start image, "
+                   "prompt, camera path)")
+    p.add_argument("--vae", required=True, help="a train-vae directory (or the shipped lingbot_rt/world/weights)")
+    p.add_argument("--out", required=True, help="output directory (resumed when it holds a run)")
+    p.add_argument("--config", help="the job's config as YAML; flags override it")
+    p.add_argument("--max-clips", type=int, help="use the first N clips of --data")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
+
+def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub = parser.add_subparsers(dest="distill_command", required=True)
+    p = sub.add_parser("ode-pairs", help="record the teacher's ODE trajectories at the student's sigmas")
+    _add_data_arguments(p)
+    p.add_argument("--num-pairs", type=int)
+    p.add_argument("--shard-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=cmd_ode_pairs)
+
+    p = sub.add_parser("causal-init", help="make the teacher block-causal: ODE regression or teacher forcing")
+    _add_data_arguments(p)
+    p.add_argument("--pairs", help="an ode-pairs directory (the ode objective)")
+    p.add_argument("--objective", choices=["ode", "teacher_forcing"])
+    p.add_argument("--init", help="start from this model directory instead of the teacher (a stage before)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--minutes", type=float)
+    p.set_defaults(func=cmd_causal_init)
+
+    p = sub.add_parser("dmd", help="DMD with Self-Forcing rollouts (Ray Train TorchTrainer, or this process)")
+    _add_data_arguments(p)
+    p.add_argument("--student", required=True, help="the initial student (a causal-init run's student/)")
+    p.add_argument("--critic", help="the critic's initial weights (default: the teacher's)")
+    p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: train in this process)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, help="rollouts per step per worker")
+    p.add_argument("--generator-lr", type=float)
+    p.add_argument("--critic-lr", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--minutes", type=float)
+    p.set_defaults(func=cmd_dmd)
+    return parser
+
+
+def add_distill_commands(subparsers) -> argparse.ArgumentParser:
+    return build(subparsers.add_parser("distill", help="distil the teacher into the 4-step block-causal student"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lingbot_rt.distillation.cli ...`: the same commands without the serving imports."""
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = build(argparse.ArgumentParser(prog="lingbot-rt distill")).parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Typed configs of the distillation jobs, with their defaults in one place.
+
+The student's sampling (`StudentSchedule`) is shared by every stage: the ODE pairs record the
+teacher at its sigmas, causal initialisation regresses onto them, DMD rolls out with them, and
+the shipped student streams with them (`StreamConfig.schedule_indices` / `shift`).
+
+Defaults are the built-in world's (a 6.1M-parameter `world` DiT, 21 latent frames of 16x16):
+the teacher samples 48 Euler steps at shift 3 with guidance 3 on prompt + control, the student
+takes 4 steps at indices 0, 250, 500, 750 of the same shifted table (sigma 1.0, 0.90, 0.75,
+0.50): the teacher grid's entries 0, 12, 24, 36, as CausVid and Self-Forcing record theirs.
+The DMD optimiser follows Self-Forcing (generator:critic 1:5, AdamW beta1 = 0, EMA, clip 10,
+timesteps shifted and clamped to [0.02, 0.98]) with learning rates raised for a model 200x
+smaller than Wan-1.3B (measured: docs in the run report).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..model.config import CacheConfig
+from ..model.sampler import NUM_TRAIN_TIMESTEPS, FewStepSchedule, ode_grid
+
+
+@dataclass(frozen=True)
+class StudentSchedule:
+    """The student's denoising steps and the teacher ODE they are read from."""
+
+    indices: tuple[int, ...] = (0, 250, 500, 750)   # into the 1000-step shifted table
+    shift: float = 3.0
+    teacher_steps: int = 48                         # Euler steps of the recorded teacher ODE
+    guidance: float = 3.0                           # teacher CFG on prompt + control
+    block_frames: int = 3
+    sink_frames: int = 3
+    window_frames: int = 15
+
+    def __post_init__(self):
+        if any(i * self.teacher_steps % NUM_TRAIN_TIMESTEPS for i in self.indices):
+            raise ValueError(f"student indices {self.indices} must be multiples of 1000 / teacher_steps "
+                             f"(= {NUM_TRAIN_TIMESTEPS / self.teacher_steps:g}), so each student step is a "
+                             "recorded point of the teacher ODE")
+        self.schedule()
+        self.cache()
+
+    def schedule(self) -> FewStepSchedule:
+        return FewStepSchedule.from_indices(self.indices, self.shift)
+
+    def grid(self) -> list[float]:
+        """The teacher ODE's sigmas (`teacher_steps` + 1 entries, ending at 0)."""
+        return ode_grid(self.teacher_steps, self.shift)
+
+    def grid_indices(self) -> tuple[int, ...]:
+        """Where the student's sigmas sit on `grid()`."""
+        return tuple(i * self.teacher_steps // NUM_TRAIN_TIMESTEPS for i in self.indices)
+
+    def cache(self) -> CacheConfig:
+        return CacheConfig(block_frames=self.block_frames, sink_frames=self.sink_frames,
+                           window_frames=self.window_frames)
+
+
+@dataclass(frozen=True)
+class ODEPairsConfig:
+    num_pairs: int = 1024
+    shard_size: int = 128        # pairs per shard file (a shard is the unit of resume)
+    batch_size: int = 64         # teacher clips integrated at once
+    seed: int = 0
+    student: StudentSchedule = field(default_factory=StudentSchedule)
+
+
+@dataclass(frozen=True)
+class CausalInitConfig:
+    """Causal initialisation of the student from the teacher's weights.
+
+    objective "ode": regress the block-causal student onto the teacher's ODE pairs (its clean
+    end point as the committed context, a random recorded step per block);
+    "teacher_forcing": flow matching on real latents in the teacher-forcing layout (clean
+    context, each block at its own noise level): the AR-diffusion stage of Causal Forcing.
+    """
+
+    objective: str = "ode"
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    steps: int = 4000
+    minutes: float | None = None
+    ema_decay: float = 0.99
+    log_every: int = 50
+    save_every: int = 500
+    seed: int = 0
+    student: StudentSchedule = field(default_factory=StudentSchedule)
+
+    def __post_init__(self):
+        if self.objective not in ("ode", "teacher_forcing"):
+            raise ValueError(f"objective must be 'ode' or 'teacher_forcing', got {self.objective!r}")
+
+
+@dataclass(frozen=True)
+class DMDConfig:
+    batch_size: int = 16            # rollouts per step, per worker
+    generator_lr: float = 2e-5
+    critic_lr: float = 4e-5
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.01
+    update_ratio: int = 5           # critic updates per generator update
+    max_grad_norm: float = 10.0
+    min_sigma: float = 0.02         # DMD timesteps: shift(U(0, 1)) clamped to [min, max]
+    max_sigma: float = 0.98
+    ema_decay: float = 0.99
+    steps: int = 2000               # critic steps (generator steps = steps / update_ratio)
+    minutes: float | None = None
+    log_every: int = 25
+    save_every: int = 250
+    seed: int = 0
+    student: StudentSchedule = field(default_factory=StudentSchedule)
+
+    def __post_init__(self):
+        if self.update_ratio < 1 or self.batch_size < 1:
+            raise ValueError(f"update_ratio and batch_size must be >= 1, got {self.update_ratio}, {self.batch_size}")
+        if not 0 < self.min_sigma < self.max_sigma < 1:
+            raise ValueError(f"need 0 < min_sigma < max_sigma < 1, got {self.min_sigma}, {self.max_sigma}")
