@@ -1,0 +1,105 @@
+"""`lingbot-rt world long-rollout`: does a streaming student hold up for minutes?
+
+One session of `minutes` of play (at 16 FPS, 10 minutes = 9600 frames) through the same
+`StreamingInference` the server runs, with the rolling KV cache: a scripted player's keys
+(`players.play` in a generated map: walks, turns, looks, retraces) from the map's spawn view.
+Per minute of generated video:
+
+* frame statistics: mean intensity, contrast (std of intensity within a frame), sharpness
+  (mean |Laplacian| of the intensity), each averaged over the minute's frames;
+* action following: the pose probe's motion on the generated frames against the commanded
+  camera motion (`evaluate.action_following`: yaw / forward direction accuracy and errors).
+
+Bounds, each relative to minute one (a collapse shows as drift to grey or saturated colour,
+blur, or frozen motion): mean intensity within +-15%, contrast and sharpness within x0.7 to
+x1.3, yaw direction accuracy at least minute one's minus 0.10, forward direction accuracy at
+least minute one's minus 0.15. The report states per minute which hold.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from ..pipeline.streaming import StreamingInference
+from .evaluate import FPS, action_following
+from .map import generate_map, spawn_pose
+from .players import play
+from .pose_probe import PoseProbe
+from .renderer import Renderer
+
+BOUNDS = {"mean_intensity": (0.85, 1.15), "contrast": (0.7, 1.3), "sharpness": (0.7, 1.3),
+          "yaw_direction_accuracy": -0.10, "forward_direction_accuracy": -0.15}
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def frame_statistics(frames: np.ndarray) -> dict:
+    """uint8 [T, H, W, 3] -> mean intensity, contrast and sharpness, averaged over the frames."""
+    gray = torch.from_numpy(frames).float().mean(-1, keepdim=True).permute(0, 3, 1, 2) / 255.0    # [T, 1, H, W]
+    return {"mean_intensity": round(gray.mean().item(), 4),
+            "contrast": round(gray.flatten(1).std(1).mean().item(), 4),
+            "sharpness": round(F.conv2d(gray, LAPLACIAN).abs().mean().item(), 5)}
+
+
+def within_bounds(minute: dict, first: dict) -> dict:
+    checks = {}
+    for name, bound in BOUNDS.items():
+        value, reference = minute[name], first[name]
+        if value is None or reference is None:
+            checks[name] = None
+        elif isinstance(bound, tuple):
+            checks[name] = bound[0] <= value / reference <= bound[1]
+        else:
+            checks[name] = value >= reference + bound
+    return checks
+
+
+@torch.no_grad()
+def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: float = 10.0, map_seed: int = 7,
+                 seed: int = 0, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    height, width = pipeline.height, pipeline.width
+    world = generate_map(map_seed)
+    start = spawn_pose(world, 0)
+    num_frames = int(round(minutes * 60 * FPS)) + 1
+    keys, _ = play(world, start, num_frames, seed)
+    image = Renderer(world).render(start[None], world.config.intrinsics(height, width), height, width)[0].numpy()
+    per_minute, frames, poses, thumbs = [], [], [], []
+    frames_per_minute = 60 * FPS
+    device = next(probe.parameters()).device
+
+    def close_minute():
+        clip = np.concatenate(frames)[:frames_per_minute]
+        path = np.concatenate(poses)[:frames_per_minute]
+        following = action_following(probe, torch.from_numpy(clip)[None].to(device),
+                                     torch.from_numpy(path)[None].to(device))
+        per_minute.append({"minute": len(per_minute) + 1, **frame_statistics(clip), **following})
+        thumbs.append(clip[0])
+        rest_frames, rest_poses = np.concatenate(frames)[frames_per_minute:], np.concatenate(poses)[frames_per_minute:]
+        frames[:], poses[:] = [rest_frames], [rest_poses]
+
+    with tqdm(total=num_frames, unit="frame", desc="long rollout", disable=not progress) as bar:
+        for block in pipeline.stream_generate(image, world.prompt, keys[1:], seed=seed):
+            frames.append(block.frames)
+            poses.append(block.poses)
+            bar.update(len(block.frames))
+            if sum(len(f) for f in frames) >= frames_per_minute:
+                close_minute()
+    first = per_minute[0]
+    for minute in per_minute:
+        minute["within_bounds"] = within_bounds(minute, first)
+    report = {"minutes": len(per_minute), "frames": num_frames, "fps": FPS, "map_seed": map_seed, "seed": seed,
+              "resolution": [height, width], "bounds": {k: list(v) if isinstance(v, tuple) else v
+                                                        for k, v in BOUNDS.items()},
+              "all_within_bounds": all(v is not False for m in per_minute for v in m["within_bounds"].values()),
+              "per_minute": per_minute}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "long_rollout.json").write_text(json.dumps(report, indent=2) + "\n")
+        Image.fromarray(np.concatenate([image, *thumbs], 1)).save(out / "long_rollout_minutes.png")
+    return report

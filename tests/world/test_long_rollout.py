@@ -1,0 +1,38 @@
+"""The long-rollout report's statistics and bounds on hand-made frames."""
+import numpy as np
+import pytest
+
+from lingbot_rt.world.long_rollout import BOUNDS, frame_statistics, within_bounds
+from lingbot_rt.world.stream import world_intrinsics, world_stream_config
+from lingbot_rt.world.config import WorldConfig
+from lingbot_rt.model.controls import scale_intrinsics
+
+
+def test_frame_statistics_of_flat_and_striped_frames():
+    flat = np.full((2, 8, 8, 3), 128, np.uint8)
+    stats = frame_statistics(flat)
+    assert stats["mean_intensity"] == pytest.approx(128 / 255, abs=1e-4)
+    assert stats["contrast"] == 0 and stats["sharpness"] == 0
+    stripes = flat.copy()
+    stripes[:, :, ::2] = 0
+    striped = frame_statistics(stripes)
+    assert striped["contrast"] > 0.2 and striped["sharpness"] > 0.5
+
+
+def test_within_bounds_flags_drift_blur_and_lost_control():
+    first = {"mean_intensity": 0.5, "contrast": 0.2, "sharpness": 0.1, "yaw_direction_accuracy": 0.95,
+             "forward_direction_accuracy": 0.9}
+    assert all(within_bounds(first, first).values())
+    blurred = first | {"sharpness": 0.05, "mean_intensity": 0.7, "yaw_direction_accuracy": 0.8,
+                       "forward_direction_accuracy": None}
+    checks = within_bounds(blurred, first)
+    assert checks == {"mean_intensity": False, "contrast": True, "sharpness": False,
+                      "yaw_direction_accuracy": False, "forward_direction_accuracy": None}
+    assert set(checks) == set(BOUNDS)
+
+
+def test_world_stream_uses_the_world_camera():
+    config = world_stream_config()
+    assert (config.height, config.width) == (128, 128) and config.shift == 3.0
+    np.testing.assert_allclose(scale_intrinsics(np.array(world_intrinsics()), 128, 128),
+                               WorldConfig().intrinsics(128, 128), rtol=1e-5)
