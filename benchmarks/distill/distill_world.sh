@@ -9,7 +9,8 @@ set -euo pipefail
 ROOT=${ROOT:-runs/distill}
 CLIPS=${CLIPS:-2400}; HELDOUT=${HELDOUT:-64}; FRAMES=81; SIZE=128; WORKERS=${WORKERS:-14}; DEVICE=${DEVICE:-cuda}
 PAIRS=${PAIRS:-1024}; INIT_MIN=${INIT_MIN:-4}; TF_MIN=${TF_MIN:-2}; DMD_MIN=${DMD_MIN:-7}
-DMD_BATCH=${DMD_BATCH:-32}; MAX_CLIPS=${MAX_CLIPS:-1024}     # clips conditioning pairs, init and DMD; LR_A=${LR_A:-2e-5}; LR_B=${LR_B:-5e-5}
+DMD_BATCH=${DMD_BATCH:-32}; LR_A=${LR_A:-2e-5}; LR_B=${LR_B:-5e-5}
+MAX_CLIPS=${MAX_CLIPS:-1024}     # clips conditioning the pairs, the initialisations and DMD
 EVAL_CLIPS=${EVAL_CLIPS:-32}; PROBE_CLIPS=${PROBE_CLIPS:-300}; PROBE_STEPS=${PROBE_STEPS:-1500}
 WEIGHTS=lingbot_rt/world/weights; TEACHER=$WEIGHTS/teacher
 world="python -m lingbot_rt.world.cli"; distill="python -m lingbot_rt.distillation.cli"
