@@ -5,6 +5,8 @@
     lingbot-rt generate --checkpoint ckpt/tiny --image input.jpg --prompt "a forest" --actions "w-10,d-5" --out out.mp4
     lingbot-rt serve                      # play at http://127.0.0.1:8000
     lingbot-rt serve --stages ray         # the DiT and VAE stages in two Ray actors
+    lingbot-rt serve --ingress serve      # behind Ray Serve's gRPC proxy (services/serve_app.py)
+    lingbot-rt loadtest --server 127.0.0.1:50051 --players 4 --duration 60s   # loadtest/README.md
 """
 from __future__ import annotations
 
@@ -98,20 +100,31 @@ def cmd_generate(args) -> int:
 
 def cmd_serve(args) -> int:
     import asyncio
-    from dataclasses import replace
+    from pathlib import Path
 
     from .pipeline.tiny_checkpoint import ensure_default_release
-    from .services.app import ServeAddresses, run
+    from .services.app import ServeAddresses, run, run_serve
     from .services.gateway import GatewayConfig
     from .services.scheduler import SchedulerConfig
+    from .services.serve_app import ServeAppArgs, load_executor
+    app = ServeAppArgs(
+        # Serve's replicas may run elsewhere than this directory: give them an absolute path
+        checkpoint=str(Path(args.checkpoint).absolute()) if args.ingress == "serve" else args.checkpoint,
+        config=args.config, height=args.height, width=args.width, max_sessions=args.max_sessions,
+        stages=args.stages, device=args.device, dtype=str(args.dtype).removeprefix("torch.") if args.dtype else None,
+        text_device=args.text_device,
+        scheduler=SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting),
+        gateway=GatewayConfig(auth_tokens=frozenset(args.token or ()), jpeg_quality=args.jpeg_quality,
+                              idle_timeout_s=args.idle_timeout, max_session_s=args.max_session),
+        metrics_host=args.host, metrics_port=args.metrics_port or None)
     ensure_default_release(args.checkpoint)
-    executor = _load_executor(args, replace(_stream_config(args), max_sessions=args.max_sessions))
-    scheduler = SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting)
-    gateway = GatewayConfig(auth_tokens=frozenset(args.token or ()), jpeg_quality=args.jpeg_quality,
-                            idle_timeout_s=args.idle_timeout, max_session_s=args.max_session)
     addresses = ServeAddresses(args.host, args.port, args.web_port, args.metrics_port or None)
+    if args.ingress == "serve":
+        run_serve(app, addresses, grace=args.grace)
+        return 0
+    executor = load_executor(app)
     try:
-        asyncio.run(run(executor, scheduler, gateway, addresses, grace=args.grace))
+        asyncio.run(run(executor, app.scheduler, app.gateway, addresses, grace=args.grace))
     finally:
         executor.shutdown()
     return 0
@@ -148,23 +161,6 @@ def cmd_play(args) -> int:
                                "max": round(latencies[-1], 1) if latencies else None},
         "out": args.out}, indent=2))
     return 0
-
-
-def _load_executor(args, config):
-    """The serving stages: in this process, or two Ray actors (`services/ray_stages.py`)."""
-    if args.stages == "in-process":
-        from .services.executor import InProcessExecutor
-        return InProcessExecutor(_load_pipeline(args, config))
-    if args.device is not None:
-        raise ValueError("--device is for --stages in-process; with --stages ray, Ray places the two stage "
-                         "actors (a GPU each, one GPU shared, or the CPU)")
-    try:
-        import ray
-    except ImportError:
-        raise ValueError('--stages ray needs Ray: python -m pip install -e ".[ray]"') from None
-    from .services.ray_stages import RayExecutor, RayStagesConfig
-    ray.init()                               # joins the cluster in RAY_ADDRESS if set, else starts one here
-    return RayExecutor(args.checkpoint, config, RayStagesConfig(dtype=args.dtype, text_device=args.text_device))
 
 
 def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | None = None) -> None:
@@ -212,27 +208,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("serve", help="serve sessions: gRPC gateway, browser player, /metrics")
-    from .pipeline.tiny_checkpoint import DEFAULT_RELEASE
     from .services.executor import STAGES
-    from .services.gateway import GatewayConfig
-    gateway_defaults = GatewayConfig()
-    add_stream_arguments(p, checkpoint_default=DEFAULT_RELEASE)
+    from .services.serve_app import ServeAppArgs
+    defaults = ServeAppArgs()                # also the Serve app's (deploy/serve/lingbot-rt.yaml)
+    gateway_defaults = defaults.gateway
+    add_stream_arguments(p, checkpoint_default=defaults.checkpoint)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port (with --ingress serve: Serve's gRPC proxy's, "
+                   "on all interfaces)")
     p.add_argument("--web-port", type=int, default=8000, help="browser player port")
-    p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--max-sessions", type=int, default=4, help="KV cache slots: sessions playing at once")
-    p.add_argument("--max-batch", type=int, default=4, help="sessions per DiT step")
-    p.add_argument("--max-waiting", type=int, default=4, help="sessions queued for a slot before refusing")
+    p.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
+                   help="Prometheus /metrics port (0: off; with --ingress serve: replica i of a node on port + i)")
+    p.add_argument("--max-sessions", type=int, default=defaults.max_sessions,
+                   help="KV cache slots: sessions playing at once")
+    p.add_argument("--max-batch", type=int, default=defaults.scheduler.max_batch, help="sessions per DiT step")
+    p.add_argument("--max-waiting", type=int, default=defaults.scheduler.max_waiting,
+                   help="sessions queued for a slot before refusing")
     p.add_argument("--token", action="append", help="require this auth token (repeatable)")
-    p.add_argument("--jpeg-quality", type=int, default=85)
+    p.add_argument("--jpeg-quality", type=int, default=gateway_defaults.jpeg_quality)
     p.add_argument("--grace", type=float, default=5.0, help="seconds running sessions get on shutdown")
     p.add_argument("--idle-timeout", type=float, default=gateway_defaults.idle_timeout_s,
                    help="end a session after this many seconds without an action")
     p.add_argument("--max-session", type=float, default=gateway_defaults.max_session_s,
                    help="end a session after this many seconds")
-    p.add_argument("--stages", default="in-process", choices=STAGES,
+    p.add_argument("--stages", default=defaults.stages, choices=STAGES,
                    help="where the DiT and VAE stages run: this process, or two pipelined Ray actors")
+    p.add_argument("--ingress", default="gateway", choices=("gateway", "serve"),
+                   help="the gRPC server: this process's gateway, or Ray Serve's gRPC proxy in front of replicas "
+                        "(local Ray, or the cluster in RAY_ADDRESS; deploy/README.md)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("play", help="play a session on a server from a key script; print fps and latency")
@@ -247,8 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the frames to this .mp4")
     p.set_defaults(func=cmd_play)
 
+    # loadtest/ is a top-level package; its cli module imports argparse only
+    from loadtest.cli import add_loadtest_command
+    add_loadtest_command(sub)
+
     from .world.cli import add_world_commands
     add_world_commands(sub)
+    from .distillation.cli import add_distill_commands
+    add_distill_commands(sub)
     return parser
 
 

@@ -138,6 +138,11 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.set_defaults(func=cmd_dmd)
+
+    from .memory_plan import add_arguments
+    p = sub.add_parser("memory-plan", help="per-GPU memory of DMD at full size, counted on the meta device")
+    add_arguments(p)
+    p.set_defaults(func=cmd_memory_plan)
     return parser
 
 

@@ -7,6 +7,13 @@ VAE stages run in it too, or in two Ray actors (`--stages ray`, `ray_stages.py`)
 
 SIGINT/SIGTERM drain: the gateway refuses new sessions and lets running ones play for `grace`
 seconds before ending them with UNAVAILABLE.
+
+`run_serve` (`lingbot-rt serve --ingress serve`) puts Ray Serve's gRPC proxy where the gateway's
+server was: local Ray (or the cluster in RAY_ADDRESS), the `serve_app` application with one
+replica, and the same browser bridge, talking gRPC to the proxy. On SIGINT/SIGTERM running
+sessions play on for up to `grace` seconds, then are cut (Serve kills the replica):
+
+    browser --WebSocket--> web bridge --gRPC Play--> Serve gRPC proxy --> replica: gateway --> scheduler --> ...
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from .gateway import GatewayConfig, WorldGateway
 from .metrics import serve_metrics
 from .scheduler import SchedulerConfig
 from .web import make_app
+
+SERVE_APP_NAME = "lingbot"
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +90,47 @@ async def run(executor: Executor, scheduler_config: SchedulerConfig, gateway_con
     await stop.wait()
     log.info("draining for up to %.0f s", grace)
     await server.stop(grace)
+
+
+def run_serve(args, addresses: ServeAddresses, grace: float = 5.0) -> None:
+    """Serve `args` (`serve_app.ServeAppArgs`) through Ray Serve's gRPC proxy on
+    `addresses.grpc_port`, the web bridge in front of it, until SIGINT/SIGTERM; then Serve
+    shuts down, its replicas draining for up to `grace` seconds."""
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from .serve_app import SERVICER_FUNCTION, deployment
+    ray.init()                               # joins the cluster in RAY_ADDRESS if set, else starts one here
+    try:
+        # Serve's HTTP proxy always starts; nothing here uses it: any free port
+        serve.start(http_options={"host": addresses.host, "port": 0},
+                    grpc_options=gRPCOptions(port=addresses.grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION],
+                                             request_timeout_s=None))
+        app = deployment(args).options(graceful_shutdown_timeout_s=grace).bind(args)
+        serve.run(app, name=SERVE_APP_NAME)
+        asyncio.run(_bridge(args, addresses))
+        # the app first, with the proxy still up: its replica's sessions play on for up to `grace`
+        # seconds, then are cut (serve.shutdown alone stops the proxy at once: streams cut at once)
+        serve.delete(SERVE_APP_NAME)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+async def _bridge(args, addresses: ServeAddresses) -> None:
+    runner = web.AppRunner(make_app(f"127.0.0.1:{addresses.grpc_port}"))
+    await runner.setup()
+    await web.TCPSite(runner, addresses.host, addresses.web_port).start()
+    web_port = runner.addresses[0][1]
+    metrics = (f", metrics of replica i on :{args.metrics_port}+i/metrics" if args.metrics_port else "")
+    print(f"play at http://{addresses.host}:{web_port}  (gRPC lingbot.v1.WorldService on Ray Serve's proxy, "
+          f"port {addresses.grpc_port}{metrics}; Ctrl-C stops)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -72,6 +72,25 @@ class Executor(ABC):
     def shutdown(self) -> None:
         """Release what the executor started (its actors); the default has nothing to release."""
 
+    def check_health(self) -> None:
+        """Raise `StageError` when a stage can no longer run (health checks call it, from any
+        thread); the default has nothing that can die apart from this process."""
+
+    def gpu_memory(self) -> dict[str, dict[str, int]]:
+        """The stages' latest CUDA memory readings: process (`GPU_MEMORY_STAGES`) -> kind
+        (allocated, reserved) -> bytes; empty off the GPU. Read by the engine thread after each step."""
+        return {}
+
+
+GPU_MEMORY_STAGES = ("dit+vae", "dit", "vae")     # one process holding both stages; the Ray stage actors
+
+
+def cuda_memory(device: torch.device) -> dict[str, int]:
+    """This process's CUDA caching-allocator counters on `device` (no sync); empty off the GPU."""
+    if device.type != "cuda":
+        return {}
+    return {"allocated": torch.cuda.memory_allocated(device), "reserved": torch.cuda.memory_reserved(device)}
+
 
 class InProcessExecutor(Executor):
     """Both stages in this process, on the pipeline's device."""
@@ -91,6 +110,10 @@ class InProcessExecutor(Executor):
 
     def close_session(self, session_id: str) -> None:
         self.dit.close_session(session_id)
+
+    def gpu_memory(self) -> dict[str, dict[str, int]]:
+        memory = cuda_memory(self.pipeline.device)
+        return {"dit+vae": memory} if memory else {}
 
     def denoise(self, requests: list[BlockRequest]) -> dict[str, DenoisedBlock | Exception]:
         output = self.dit.denoise(requests)

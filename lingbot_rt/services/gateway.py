@@ -29,6 +29,11 @@ encodes, and the event loop stays free. The cost is one thread hop per block.
 
 An error ends only its own session: the handler writes a last `Error` message and ends the call
 with the same status (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAUTHENTICATED, UNAVAILABLE, INTERNAL).
+
+**Two fronts, one session logic.** The RPC methods see their call only through `Call`: `write`,
+`abort` and `invocation_metadata`. grpc.aio's `ServicerContext` is one (`start` binds a gRPC
+server of the gateway's own); `serve_app.ServeCall`, over the context Ray Serve's gRPC proxy
+passes, is the other (`start_engine` runs the engine without a server: `serve_app.py`).
 """
 from __future__ import annotations
 
@@ -40,8 +45,10 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NoReturn, Protocol
 
 import grpc
 import numpy as np
@@ -68,6 +75,19 @@ MAX_TRACKED_ACTIONS = 256            # receipt times kept per session for the la
 Status = grpc.StatusCode
 
 
+class Call(Protocol):
+    """One RPC as the methods below use it (grpc.aio's `ServicerContext` has these three)."""
+
+    async def write(self, message: world_pb2.ServerMessage) -> None:
+        """Send one message; raises once the call is over (the client left)."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        """End the call with this status; raises (the handler stops here)."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str]] | None:
+        """The client's metadata (`authorization: Bearer <token>`)."""
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     model_name: str = "lingbot-world"
@@ -88,6 +108,7 @@ class GatewayConfig:
     max_session_s: float = 3600.0        # a session ends after this long, whatever it does
 
     def __post_init__(self):
+        object.__setattr__(self, "auth_tokens", frozenset(self.auth_tokens))     # a list from a YAML config
         if not 1 <= self.jpeg_quality <= 95:
             raise ValueError(f"jpeg_quality must be in 1..95 (Pillow), got {self.jpeg_quality}")
         for name in ("jpeg_threads", "queue_blocks", "max_prompt_chars", "max_image_bytes", "max_image_pixels"):
@@ -225,11 +246,14 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
     """WorldService over a `Scheduler` it owns; `start` / `stop` on the serving event loop."""
 
     def __init__(self, executor: Executor, scheduler_config: SchedulerConfig = SchedulerConfig(),
-                 config: GatewayConfig = GatewayConfig(), registry: CollectorRegistry | None = None):
+                 config: GatewayConfig = GatewayConfig(), registry: CollectorRegistry | None = None,
+                 session_id_prefix: str = ""):
+        """`session_id_prefix` starts every session id (a Serve replica puts its tag there)."""
         self.config, self.scheduler_config = config, scheduler_config
+        self.session_id_prefix = session_id_prefix
         self.metrics = ServingMetrics(registry if registry is not None else CollectorRegistry())
         self.scheduler = Scheduler(executor, scheduler_config, on_output=self._on_output, on_error=self._on_error,
-                                   on_step=self.metrics.observe_batch)
+                                   on_step=self._on_step)
         self.metrics.track_sessions(self.scheduler.stats)
         self._streams: dict[str, _SessionStream] = {}
         self._jpeg_pool = ThreadPoolExecutor(config.jpeg_threads, thread_name_prefix="lingbot-jpeg")
@@ -252,25 +276,42 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         await server.start()
         self._server = server
-        self.scheduler.start()
+        await self.start_engine()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return port
 
+    async def start_engine(self) -> None:
+        """Start the engine threads, the RPC methods running on this event loop; `start` calls
+        it after binding its server, a Serve replica calls it alone (Serve's proxy is its server)."""
+        self._loop = asyncio.get_running_loop()
+        self.scheduler.start()
+
+    def check_health(self) -> None:
+        """Raise RuntimeError (or `StageError`) when this gateway cannot serve: its engine threads
+        stopped, or a stage died. May block for a moment (it pings Ray stage actors): off the loop."""
+        if self._loop is not None and not self.scheduler.running:
+            raise RuntimeError("the engine thread is not running: sessions cannot be generated")
+        self.scheduler.executor.check_health()
+
     async def stop(self, grace: float = 5.0) -> None:
         """Drain: health NOT_SERVING and new sessions refused at once; running sessions play on
         for up to `grace` seconds, then end with UNAVAILABLE; then the engine stops."""
-        if self._server is None:
+        if self._loop is None or self._draining:
             return
         self._draining = True
-        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
         deadline = time.monotonic() + grace
         while self._streams and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for stream in list(self._streams.values()):
             stream.fail(RpcError(Status.UNAVAILABLE, "the server is shutting down; start a new session"))
-        await self._server.stop(1.0)         # the handlers write their last message, then calls are cut
-        self._server = None
+        if self._server is not None:
+            await self._server.stop(1.0)     # the handlers write their last message, then calls are cut
+            self._server = None
+        else:                                # no server to wait on: give the handlers a moment to write it
+            await asyncio.sleep(0.1)
         await asyncio.to_thread(self.scheduler.shutdown)
         self._jpeg_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -279,6 +320,11 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
             await self._server.wait_for_termination()
 
     # ---- engine thread -> loop -----------------------------------------------------------
+    def _on_step(self, num_sessions: int) -> None:
+        """Engine thread, after each DiT step: the batch size, and the stages' GPU memory."""
+        self.metrics.observe_batch(num_sessions)
+        self.metrics.observe_gpu_memory(self.scheduler.executor.gpu_memory())
+
     def _on_output(self, block: BlockOutput) -> None:
         """Engine thread: never raises (an exception here would reach the engine loop)."""
         try:
@@ -307,7 +353,7 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
             log.exception("cannot report the error of session %s", session_id)
 
     # ---- RPCs ----------------------------------------------------------------------------
-    async def Play(self, request_iterator, context: grpc.aio.ServicerContext):
+    async def Play(self, request_iterator, context: Call):
         stream, reader, watchdog, error = None, None, None, None
         try:
             start = await self._read_start(request_iterator, context)
@@ -336,13 +382,13 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
                 self.metrics.sessions_refused.labels(reason=error.reason).inc()
             await self._abort(context, error)
 
-    async def GetCapacity(self, request, context):
+    async def GetCapacity(self, request, context: Call):
         await self._authorize_unary(context)
         stats = self.scheduler.stats()
         return world_pb2.Capacity(running=stats["running"], waiting=stats["waiting"],
                                   max_sessions=stats["max_sessions"], max_waiting=self.scheduler_config.max_waiting)
 
-    async def ListModels(self, request, context):
+    async def ListModels(self, request, context: Call):
         await self._authorize_unary(context)
         return world_pb2.ListModelsResponse(models=[world_pb2.Model(
             name=self.config.model_name, height=self.scheduler.height, width=self.scheduler.width,
@@ -350,22 +396,22 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
 
     # ---- pieces of Play ------------------------------------------------------------------
     @staticmethod
-    async def _send(context, message: world_pb2.ServerMessage) -> None:
+    async def _send(context: Call, message: world_pb2.ServerMessage) -> None:
         try:
             await context.write(message)
         except Exception as exc:             # noqa: BLE001 - grpc raises its internal ExecuteBatchError
             raise _CallEnded() from exc
 
-    async def _abort(self, context, error: RpcError) -> None:
+    async def _abort(self, context: Call, error: RpcError) -> None:
         self.metrics.errors.labels(code=error.code.name).inc()
         try:
             await context.write(world_pb2.ServerMessage(error=world_pb2.Error(code=error.code.value[0],
                                                                               message=error.message)))
         except Exception as exc:             # noqa: BLE001 - the client may be gone already
-            log.debug("cannot send the error to %s: %s", context.peer(), exc)
+            log.debug("cannot send the error %s: %s", error.code.name, exc)
         await context.abort(error.code, error.message)
 
-    def _auth_error(self, context, token: str = "") -> RpcError | None:
+    def _auth_error(self, context: Call, token: str = "") -> RpcError | None:
         """None when auth is off or the call carries a known token (metadata first, then `token`)."""
         if not self.config.auth_tokens:
             return None
@@ -379,12 +425,12 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
             return RpcError(Status.UNAUTHENTICATED, "the auth token is not valid", "unauthenticated")
         return None
 
-    async def _authorize_unary(self, context) -> None:
+    async def _authorize_unary(self, context: Call) -> None:
         if (error := self._auth_error(context)) is not None:
             self.metrics.errors.labels(code=error.code.name).inc()
             await context.abort(error.code, error.message)
 
-    async def _read_start(self, request_iterator, context) -> world_pb2.Start:
+    async def _read_start(self, request_iterator, context: Call) -> world_pb2.Start:
         try:
             message = await asyncio.wait_for(anext(request_iterator), self.config.first_message_timeout_s)
         except (StopAsyncIteration, asyncio.TimeoutError):
@@ -402,7 +448,7 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
     async def _open_session(self, start: world_pb2.Start) -> _SessionStream:
         """Check `start`, hand it to the scheduler; returns the session's registered stream."""
         image = await self._start_image(start)
-        stream = _SessionStream(uuid.uuid4().hex, self.config, self.metrics)
+        stream = _SessionStream(self.session_id_prefix + uuid.uuid4().hex, self.config, self.metrics)
         self._streams[stream.session_id] = stream     # before add_session: its first block may come fast
         add = self._loop.run_in_executor(None, self.scheduler.add_session, stream.session_id, image,
                                          start.prompt, start.seed)
@@ -507,7 +553,7 @@ class WorldGateway(world_pb2_grpc.WorldServiceServicer):
         except KeyError:                     # the engine dropped the session: its error is on the way
             pass
 
-    async def _write_frames(self, stream: _SessionStream, context) -> None:
+    async def _write_frames(self, stream: _SessionStream, context: Call) -> None:
         while (block := await stream.next_block()) is not None:
             encoded, seconds = await self._loop.run_in_executor(self._jpeg_pool, encode_jpeg, block.frames,
                                                                 self.config.jpeg_quality)

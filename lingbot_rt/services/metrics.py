@@ -1,8 +1,9 @@
 """Prometheus metrics of a serving process, in one registry the gateway owns and passes around.
 
 Names follow the Prometheus rules (reference serving.md section 9): the `lingbot_` prefix, base
-units (`_seconds`), `_total` on counters, no colons, and no session-id labels (one series per
-session would grow without bound). Labels take a few fixed values: `stage`, `reason`, `code`.
+units (`_seconds`, `_bytes`), `_total` on counters, no colons, and no session-id labels (one series
+per session would grow without bound). Labels take a few fixed values: `stage`, `reason`, `code`,
+`kind`.
 
     registry = CollectorRegistry()
     metrics = ServingMetrics(registry)
@@ -71,6 +72,12 @@ class ServingMetrics:
                                     registry=registry)
         self.errors = Counter("lingbot_errors_total", "Errors returned to clients, by gRPC status code name",
                               ["code"], registry=registry)
+        self.gpu_memory = Gauge(
+            "lingbot_gpu_memory_bytes",
+            "CUDA memory of the stages' processes, from PyTorch's caching allocator: stage dit+vae (both "
+            "in the serving process) or dit / vae (the Ray stage actors); kind allocated (tensors) or "
+            "reserved (held by the allocator). Updated after each DiT step; absent off the GPU",
+            ["stage", "kind"], registry=registry)
         for stage in STAGES:                       # export every series from the start, at 0
             self.stage_seconds.labels(stage=stage)
 
@@ -90,6 +97,12 @@ class ServingMetrics:
     def observe_batch(self, num_sessions: int) -> None:
         """One DiT step of `num_sessions` sessions (called by the engine loop)."""
         self.batch_size.observe(num_sessions)
+
+    def observe_gpu_memory(self, readings: dict[str, dict[str, int]]) -> None:
+        """`Executor.gpu_memory()`: stage -> kind -> bytes."""
+        for stage, kinds in readings.items():
+            for kind, value in kinds.items():
+                self.gpu_memory.labels(stage=stage, kind=kind).set(value)
 
 
 def serve_metrics(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0"):

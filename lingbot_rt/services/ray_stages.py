@@ -27,6 +27,9 @@ from the stage's own code (a bad start image, a full pool) reaches the caller as
 raised it, without Ray's wrapper. A dead actor (either) breaks the pair: both are killed and
 every call raises `StageError` naming the stage, so each session ends with that message. They
 are not restarted: a new actor has neither the KV cache nor the process group.
+
+**GPU memory.** Each actor reports its CUDA allocator counters with every step's answer
+(`gpu_memory`: the `dit` and `vae` series of `lingbot_gpu_memory_bytes`); nothing on the CPU.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ..model.checkpoint import CheckpointError
 from ..pipeline.release import load_release_vae
 from ..pipeline.streaming import StreamConfig, StreamingInference
-from .executor import DenoisedBlock, Executor, StageError
+from .executor import DenoisedBlock, Executor, StageError, cuda_memory
 from .stages import BlockRequest, DiTOutput, DiTStage, VAEStage
 from .tensor_queue import TensorQueue
 
@@ -112,8 +115,9 @@ class DiTWorker(_StageWorker):
     def close_session(self, session_id: str) -> None:
         self.stage.close_session(session_id)
 
-    def denoise(self, requests: list[BlockRequest]) -> DiTOutput:
-        """Denoise, send the latents to the VAE actor, answer which blocks were made."""
+    def denoise(self, requests: list[BlockRequest]) -> tuple[DiTOutput, dict[str, int]]:
+        """Denoise, send the latents to the VAE actor, answer which blocks were made (and this
+        actor's GPU memory)."""
         output = DiTOutput({}, {})
         try:
             output = self.stage.denoise(requests)
@@ -121,7 +125,7 @@ class DiTWorker(_StageWorker):
             tensors = {} if output.latents is None else {"latents": output.latents.to(self.queue.device)}
             self.queue.put(tensors, {"session_ids": list(output.first_frames)})
         output.latents = None
-        return output
+        return output, cuda_memory(self.stage.pipeline.device)
 
 
 class VAEWorker(_StageWorker):
@@ -137,12 +141,13 @@ class VAEWorker(_StageWorker):
     def close_session(self, session_id: str) -> None:
         self.stage.close_session(session_id)
 
-    def decode(self) -> dict[str, np.ndarray | Exception]:
-        """Receive the DiT's next batch and decode it: session_id -> frames, or its error."""
+    def decode(self) -> tuple[dict[str, np.ndarray | Exception], dict[str, int]]:
+        """Receive the DiT's next batch and decode it: session_id -> frames, or its error (and
+        this actor's GPU memory)."""
         tensors, meta = self.queue.get()
         if not tensors:
-            return {}
-        return self.stage.decode(meta["session_ids"], tensors["latents"].to(self.device))
+            return {}, cuda_memory(self.device)
+        return self.stage.decode(meta["session_ids"], tensors["latents"].to(self.device)), cuda_memory(self.device)
 
 
 def _last_line(exc: Exception) -> str:
@@ -162,6 +167,7 @@ class RayExecutor(Executor):
             raise CheckpointError(f"release root {root} is not a directory")
         self._broken: StageError | None = None
         self._open: set[str] = set()
+        self._memory: dict[str, dict[str, int]] = {}       # stage -> its latest report (`gpu_memory`)
         gpus = ray_config.gpus_per_actor(ray.cluster_resources().get("GPU", 0))
         device = "cuda" if gpus > 0 else "cpu"
         nccl = gpus >= 1                   # a GPU each: NCCL; a shared GPU or none: gloo through host memory
@@ -206,7 +212,7 @@ class RayExecutor(Executor):
         self._check()
         denoised = self.dit.denoise.remote(requests)
         decoded = self.vae.decode.remote()            # submitted before waiting: it receives this batch
-        output: DiTOutput = self._get(denoised, "DiT")
+        output, self._memory["dit"] = self._get(denoised, "DiT")
         blocks = {session_id: DenoisedBlock(first_frame, partial(self._frames, decoded, session_id))
                   for session_id, first_frame in output.first_frames.items()}
         return {**output.failed, **blocks}
@@ -215,9 +221,22 @@ class RayExecutor(Executor):
         for actor in (self.dit, self.vae):
             ray.kill(actor)
 
+    def gpu_memory(self) -> dict[str, dict[str, int]]:
+        return {stage: memory for stage, memory in list(self._memory.items()) if memory}   # list: atomic
+
+    def check_health(self, timeout_s: float = 1.0) -> None:
+        """Raise `StageError` if an actor has died. A ping queues behind the actor's running
+        step, so one that does not answer within `timeout_s` counts as busy, not dead."""
+        self._check()
+        pings = {self.dit.__ray_ready__.remote(): "DiT", self.vae.__ray_ready__.remote(): "VAE"}
+        answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+        for ref in answered:
+            self._get(ref, pings[ref])
+
     # ---- Ray calls -----------------------------------------------------------------------
     def _frames(self, decoded: ray.ObjectRef, session_id: str) -> np.ndarray:
-        frames = self._get(decoded, "VAE")[session_id]
+        frames, self._memory["vae"] = self._get(decoded, "VAE")
+        frames = frames[session_id]
         if isinstance(frames, Exception):
             raise frames
         return frames

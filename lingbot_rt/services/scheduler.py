@@ -134,8 +134,11 @@ class Scheduler:
             if (session_id in self._running or session_id in self._opening
                     or any(e.session_id == session_id for e in self._waiting)):
                 raise ValueError(f"session {session_id!r} already exists")
-            # sessions being opened hold no slot yet, but will: count them with the waiting ones
-            beyond_free_slots = len(self._waiting) + len(self._opening) - self.executor.free_slots
+            # sessions being opened hold no slot yet, but will: count them with the waiting ones;
+            # removed sessions hold theirs until the engine's next step: count them as free (a
+            # session that left is gone for its client, and for Ray Serve's request count)
+            releasing = sum(1 for session_id in self._removed if session_id in self._running)
+            beyond_free_slots = (len(self._waiting) + len(self._opening) - self.executor.free_slots - releasing)
             if beyond_free_slots >= self.config.max_waiting:
                 raise CapacityError(f"server full: {len(self._running)} sessions playing of "
                                     f"{self.executor.config.max_sessions} and {len(self._waiting)} waiting; "
@@ -287,6 +290,12 @@ class Scheduler:
         self._vae_thread.start()
         self._thread = threading.Thread(target=self._loop, name="lingbot-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the engine and VAE threads `start` began are alive (a bug that escapes `step`
+        ends the engine thread: health checks read this)."""
+        return all(thread is not None and thread.is_alive() for thread in (self._thread, self._vae_thread))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -88,6 +88,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_long_rollout(args) -> int:
+    import json
+
+    import torch
+    from .long_rollout import long_rollout
+    from .pose_probe import PoseProbe
+    from .stream import world_streaming
+    device = _device(args.device)
+    probe = PoseProbe().to(device)
+    probe.load_state_dict(torch.load(args.probe, map_location=device))
+    report = long_rollout(world_streaming(args.student, device=device), probe.eval(), minutes=args.minutes,
+                          map_seed=args.map_seed, seed=args.seed, out_dir=args.out)
+    print(json.dumps({k: v for k, v in report.items() if k != "per_minute"}, indent=2))
+    return 0 if report["all_within_bounds"] else 1
+
+
 def cmd_export(args) -> int:
     from .shipped import SHIPPED_DIR, export_world_weights
     out = export_world_weights(args.vae, args.teacher, args.out or SHIPPED_DIR)
@@ -157,6 +173,16 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("long-rollout", help="stream minutes of scripted play with a student; per-minute stability")
+    p.add_argument("--student", required=True, help="a block-causal student's model directory")
+    p.add_argument("--probe", required=True, help="a pose probe (an eval run's probe.pt)")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--map-seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_long_rollout)
 
     p = sub.add_parser("export", help="write a trained VAE and teacher in the shipped layout (bf16)")
     p.add_argument("--vae", required=True, help="a train-vae run directory")

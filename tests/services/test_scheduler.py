@@ -95,6 +95,27 @@ def test_admission_queue_and_refusal(pipeline, scheduler):
     scheduler.remove_session("a")                                      # idempotent
 
 
+def test_a_slot_being_released_counts_as_free(pipeline):
+    """A session that left frees its slot at the engine's next step; a new one arriving before
+    that is queued for it, not refused (even with no waiting room)."""
+    scheduler, recorder = make(pipeline, max_waiting=0)
+    try:
+        for name in ("a", "b"):
+            scheduler.add_session(name, start_image(), "x")
+        scheduler.step()
+        with pytest.raises(CapacityError, match="server full"):
+            scheduler.add_session("c", start_image(), "x")
+        scheduler.remove_session("a")
+        scheduler.add_session("c", start_image(), "x")
+        with pytest.raises(CapacityError, match="server full"):       # one slot is being released, not two
+            scheduler.add_session("d", start_image(), "x")
+        scheduler.step()
+        assert scheduler.stats() == {"running": 2, "waiting": 0, "max_sessions": 2}
+        assert recorder.of("c")[0].block_index == 0
+    finally:
+        scheduler.shutdown()
+
+
 def test_bad_input_is_refused_with_a_clear_error(scheduler):
     scheduler, _ = scheduler
     with pytest.raises(ImageError, match="mode 'RGBA'"):
