@@ -24,7 +24,10 @@ What a DMD step holds (Self-Forcing `trainer/distillation.py`; reference §C):
 Activations are counted per DiT block from the saved-for-backward tensors of `dit.py`
 (`block_saved_bytes`), which `saved_bytes` measures with autograd's saved-tensor hooks; the
 tests check the count against the hooks on the tiny config. Scope: 16-bit weights (the
-training setting; fp32 weights alias some casts and the count differs).
+training setting; fp32 weights alias some casts and the count differs). Transients (working
+sets without gradient, one block's recompute + backward) are measured at full size on fake
+tensors (`measure_transients`). `dry_run` runs the whole step under FSDP2 on fake tensors.
+Results and findings: benchmarks/results/distill_memory_plan.md.
 """
 from __future__ import annotations
 
@@ -527,7 +530,7 @@ def shard_for_training(model: CausalWanModel, mesh, *, checkpointing: bool, trai
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     # cast_forward_inputs=False: FSDP2's default casts every unit's floating inputs to bf16, which
-    # rounds the timesteps (947 -> 944), drops the fp32 residual stream to bf16 at every block,
+    # rounds the timesteps (978 -> 976, 825 -> 824), drops the fp32 residual stream to bf16 at every block,
     # and materialises the broadcast modulation e0 [B, L, 6, dim] in bf16 per block (1.9 GiB at
     # 32760 tokens, kept by checkpointing: 75 GiB over 40 blocks; found by this dry run).
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32 if trainable else None,
@@ -777,6 +780,7 @@ def plan_command(args) -> int:
     strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
     plan = plan_memory(pc, strategies)
     plan["command"] = command_line(args)
+    plan["torch"] = torch.__version__        # sizes come from the meta device and fake tensors: no GPU
     print(format_table(plan))
     if args.dry_run:
         plan["dry_run"] = compare_dry_run(pc, args.dry_run_layers)
