@@ -6,6 +6,7 @@
     lingbot-rt serve                      # play at http://127.0.0.1:8000
     lingbot-rt serve --stages ray         # the DiT and VAE stages in two Ray actors
     lingbot-rt serve --ingress serve      # behind Ray Serve's gRPC proxy (services/serve_app.py)
+    lingbot-rt web --server 127.0.0.1:9000  # the browser player alone, in front of a gRPC server
     lingbot-rt loadtest --server 127.0.0.1:50051 --players 4 --duration 60s   # loadtest/README.md
 """
 from __future__ import annotations
@@ -130,6 +131,16 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_web(args) -> int:
+    from aiohttp import web
+
+    from .services.web import make_app
+    print(f"play at http://{args.host}:{args.port}  (gRPC lingbot.v1.WorldService at {args.server}; Ctrl-C stops)",
+          flush=True)
+    web.run_app(make_app(args.server), host=args.host, port=args.port, print=None)
+    return 0
+
+
 def cmd_play(args) -> int:
     import asyncio
     import statistics
@@ -237,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the gRPC server: this process's gateway, or Ray Serve's gRPC proxy in front of replicas "
                         "(local Ray, or the cluster in RAY_ADDRESS; deploy/README.md)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("web", help="serve the browser player alone, bridged to a gRPC server (e.g. Serve's proxy)")
+    p.add_argument("--server", default="127.0.0.1:9000", help="gRPC address HOST:PORT of lingbot.v1.WorldService")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="browser player port")
+    p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("play", help="play a session on a server from a key script; print fps and latency")
     p.add_argument("--server", default="127.0.0.1:50051", help="gRPC address HOST:PORT")
