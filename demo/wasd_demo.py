@@ -2,9 +2,9 @@
 
     python demo/wasd_demo.py --image input.jpg --prompt "A fantasy world"
 
-then open http://127.0.0.1:8000. Without `--checkpoint` it uses `ckpt/tiny`, a random tiny
-release it creates on first use (it streams noise-like video: the point is the loop). One
-viewer at a time; the stream restarts when the page is reloaded.
+then open http://127.0.0.1:8000. Without `--checkpoint` it plays the built-in world (its
+distilled student, made into the release `ckpt/world` on first use). One viewer at a time; the
+stream restarts when the page is reloaded.
 
 How it runs: a generator thread calls `StreamingInference.stream_generate` with live keys
 (read at each block's start) and hands JPEG frames to a queue of at most two blocks, so
@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from lingbot_rt.model.controls import check_key
-from lingbot_rt.pipeline import StreamConfig, StreamingInference
-from lingbot_rt.pipeline.tiny_checkpoint import DEFAULT_RELEASE, ensure_default_release
+from lingbot_rt.pipeline import StreamingInference
+from lingbot_rt.world.release import DEFAULT_RELEASE, ensure_default_release
 
 PAGE = Path(__file__).with_name("wasd_demo.html")
 BOUNDARY = "lingbot-frame"
@@ -152,8 +152,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", required=True)
     parser.add_argument("--prompt", default="")
-    parser.add_argument("--checkpoint", default=DEFAULT_RELEASE, help="release root (created as a tiny random one "
-                                                                      f"if it is {DEFAULT_RELEASE} and missing)")
+    parser.add_argument("--checkpoint", default=DEFAULT_RELEASE, help="release root (default: the built-in world, "
+                                                                      f"made in {DEFAULT_RELEASE} on first use)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     ensure_default_release(args.checkpoint)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    pipeline = StreamingInference.from_release(args.checkpoint, StreamConfig(), device=args.device, dtype=dtype)
+    pipeline = StreamingInference.from_release(args.checkpoint, device=args.device, dtype=dtype)
     server = build_server(pipeline, args.image, args.prompt, args.host, args.port, args.seed)
     print(f"open http://{args.host}:{server.server_port}  ({pipeline.height}x{pipeline.width}, "
           f"{pipeline.config.fps} fps; Ctrl-C to stop)")

@@ -48,7 +48,8 @@ def _stream_config(args):
     from dataclasses import replace
 
     from .pipeline import StreamConfig
-    config = StreamConfig.from_yaml(args.config) if args.config else StreamConfig()
+    from .pipeline.release import release_stream_config
+    config = StreamConfig.from_yaml(args.config) if args.config else release_stream_config(args.checkpoint)
     return replace(config, height=args.height or config.height, width=args.width or config.width)
 
 
@@ -103,7 +104,7 @@ def cmd_serve(args) -> int:
     import asyncio
     from pathlib import Path
 
-    from .pipeline.tiny_checkpoint import ensure_default_release
+    from .world.release import ensure_default_release
     from .services.app import ServeAddresses, run, run_serve
     from .services.gateway import GatewayConfig
     from .services.scheduler import SchedulerConfig
@@ -114,7 +115,8 @@ def cmd_serve(args) -> int:
         config=args.config, height=args.height, width=args.width, max_sessions=args.max_sessions,
         stages=args.stages, device=args.device, dtype=str(args.dtype).removeprefix("torch.") if args.dtype else None,
         text_device=args.text_device,
-        scheduler=SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting),
+        scheduler=SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting, pace=args.pace,
+                                  lead=args.lead),
         gateway=GatewayConfig(auth_tokens=frozenset(args.token or ()), jpeg_quality=args.jpeg_quality,
                               idle_timeout_s=args.idle_timeout, max_session_s=args.max_session),
         metrics_host=args.host, metrics_port=args.metrics_port or None)
@@ -235,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=defaults.scheduler.max_batch, help="sessions per DiT step")
     p.add_argument("--max-waiting", type=int, default=defaults.scheduler.max_waiting,
                    help="sessions queued for a slot before refusing")
+    p.add_argument("--no-pace", dest="pace", action="store_false",
+                   help="make blocks as fast as possible instead of when each player's stream needs them "
+                        "(throughput measurements; players then buffer, and wait longer for their actions)")
+    p.add_argument("--lead", type=float, default=defaults.scheduler.lead,
+                   help="fraction of a block's duration a block may start before it is due")
     p.add_argument("--token", action="append", help="require this auth token (repeatable)")
     p.add_argument("--jpeg-quality", type=int, default=gateway_defaults.jpeg_quality)
     p.add_argument("--grace", type=float, default=5.0, help="seconds running sessions get on shutdown")

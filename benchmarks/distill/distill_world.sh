@@ -6,34 +6,15 @@
 # and of every student on held-out clips. Every stage resumes from what it finds under $ROOT.
 #   bash benchmarks/distill/distill_world.sh                 (the H100 run of the report)
 set -euo pipefail
-ROOT=${ROOT:-runs/distill}
-CLIPS=${CLIPS:-2400}; HELDOUT=${HELDOUT:-64}; FRAMES=81; SIZE=128; WORKERS=${WORKERS:-14}; DEVICE=${DEVICE:-cuda}
+source "$(dirname "$0")/common.sh"
+CLIPS=${CLIPS:-2400}; HELDOUT=${HELDOUT:-64}
 PAIRS=${PAIRS:-1024}; INIT_MIN=${INIT_MIN:-4}; TF_MIN=${TF_MIN:-2}; DMD_MIN=${DMD_MIN:-7}
 DMD_BATCH=${DMD_BATCH:-32}; LR_A=${LR_A:-2e-5}; LR_B=${LR_B:-5e-5}
 MAX_CLIPS=${MAX_CLIPS:-1024}     # clips conditioning the pairs, the initialisations and DMD
-EVAL_CLIPS=${EVAL_CLIPS:-32}; PROBE_CLIPS=${PROBE_CLIPS:-300}; PROBE_STEPS=${PROBE_STEPS:-1500}
-WEIGHTS=lingbot_rt/world/weights; TEACHER=$WEIGHTS/teacher
-world="python -m lingbot_rt.world.cli"; distill="python -m lingbot_rt.distillation.cli"
 data=(--data "$ROOT/data" --vae "$WEIGHTS" --device "$DEVICE" --max-clips "$MAX_CLIPS")
-stamp() { echo "== $(date +%T) $*"; }
 
 stamp gen-data
-$world gen-data --out "$ROOT/data" --clips "$CLIPS" --frames $FRAMES --height $SIZE --width $SIZE \
-    --shard-size 200 --workers "$WORKERS" --quiet
-$world gen-data --out "$ROOT/heldout" --clips "$HELDOUT" --frames $FRAMES --height $SIZE --width $SIZE \
-    --seed 1 --workers "$WORKERS" --quiet
-
-evaluate() {   # evaluate <name> --teacher DIR | --student DIR
-    local name=$1; shift
-    mkdir -p "$ROOT/eval_$name"
-    [ -f "$ROOT/eval_$name/probe.pt" ] || [ ! -f "$ROOT/probe.pt" ] || cp "$ROOT/probe.pt" "$ROOT/eval_$name/"
-    $world eval --data "$ROOT/heldout" --vae "$WEIGHTS" "$@" --probe-data "$ROOT/data" --probe-clips $PROBE_CLIPS \
-        --probe-steps $PROBE_STEPS --clips $EVAL_CLIPS --out "$ROOT/eval_$name" --device "$DEVICE" > /dev/null
-    [ -f "$ROOT/probe.pt" ] || cp "$ROOT/eval_$name/probe.pt" "$ROOT/probe.pt"
-    python -c "import json,sys; r=json.load(open(sys.argv[1])); m=r['model']; a=r['action_following']['model']; \
-print(f\"$name: psnr_3s {m['psnr_3s']} ssim_3s {m['ssim_3s']} yaw {a['yaw_direction_accuracy']} \
-forward {a['forward_direction_accuracy']} flops/frame {r['dit_flops_per_frame']:.3g}\")" "$ROOT/eval_$name/eval.json"
-}
+gen_data "$CLIPS" "$HELDOUT"
 
 stamp teacher eval
 [ -f "$ROOT/eval_teacher/eval.json" ] || evaluate teacher --teacher "$TEACHER"

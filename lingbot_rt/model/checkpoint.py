@@ -45,6 +45,44 @@ class StoredTensor:
     file: Path
     shape: tuple[int, ...]
     dtype: str
+    scale: str | None = None      # key of its per-row scales when stored as FP8 (`quantize_rows_fp8`)
+
+
+FP8_SCALE_SUFFIX = ".fp8_row_scale"
+FP8_MAX = 448.0                   # largest float8_e4m3fn
+
+
+def quantize_rows_fp8(state: dict[str, torch.Tensor], min_rows: int = 16) -> dict[str, torch.Tensor]:
+    """Matrices (2-D weights with >= `min_rows` rows and columns) as float8_e4m3fn with one fp32
+    scale per output row under `<key>.fp8_row_scale`; other tensors as they are. Half the bytes of
+    bf16 for a DiT; loading multiplies the scales back (`copy_stored_tensors`)."""
+    out = {}
+    for key, tensor in state.items():
+        if tensor.ndim == 2 and min(tensor.shape) >= min_rows and tensor.is_floating_point():
+            rows = tensor.float()
+            scale = rows.abs().amax(dim=1).clamp_min(1e-12) / FP8_MAX
+            out[key] = (rows / scale[:, None]).to(torch.float8_e4m3fn)
+            out[key + FP8_SCALE_SUFFIX] = scale
+        else:
+            out[key] = tensor
+    return out
+
+
+def _fold_fp8_scales(stored: dict[str, StoredTensor], source: Path) -> dict[str, StoredTensor]:
+    """Attach each `<key>.fp8_row_scale` to its matrix, so validation sees the model's keys only."""
+    folded = {k: v for k, v in stored.items() if not k.endswith(FP8_SCALE_SUFFIX)}
+    for key in stored.keys() - folded.keys():
+        base = key.removesuffix(FP8_SCALE_SUFFIX)
+        entry = folded.get(base)
+        if (entry is None or entry.dtype != "F8_E4M3" or stored[key].shape != entry.shape[:1]
+                or stored[key].file != entry.file):
+            raise CheckpointError(f"{source}: {key} scales no FP8 matrix {base} of {stored[key].shape} rows "
+                                  "in its file")
+        folded[base] = StoredTensor(entry.file, entry.shape, entry.dtype, scale=key)
+    unscaled = [k for k, v in folded.items() if v.dtype == "F8_E4M3" and v.scale is None]
+    if unscaled:
+        raise CheckpointError(f"{source}: FP8 tensors without {FP8_SCALE_SUFFIX}: {_listing(unscaled)}")
+    return folded
 
 
 def _listing(keys) -> str:
@@ -100,7 +138,7 @@ def list_stored_tensors(model_dir: Path) -> dict[str, StoredTensor]:
         for key, name in weight_map.items():
             if key not in stored:
                 raise CheckpointError(f"{index}: key {key} mapped to {name} but not stored there")
-    return stored
+    return _fold_fp8_scales(stored, model_dir)
 
 
 def load_pth(file: Path) -> dict[str, torch.Tensor]:
@@ -142,7 +180,10 @@ def copy_stored_tensors(model: nn.Module, stored: dict[str, StoredTensor]) -> No
             if file.suffix == ".safetensors":
                 with safe_open(file, framework="pt") as f:
                     for key in keys:
-                        params[key].copy_(f.get_tensor(key))
+                        tensor = f.get_tensor(key)
+                        if stored[key].scale is not None:
+                            tensor = tensor.float() * f.get_tensor(stored[key].scale)[:, None]
+                        params[key].copy_(tensor)
             else:
                 state = load_pth(file)
                 for key in keys:
@@ -155,7 +196,7 @@ def load_weights_file(model: nn.Module, path: str | Path, dtype: torch.dtype, de
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} checkpoint not found")
-    stored = list_file_tensors(path)
+    stored = _fold_fp8_scales(list_file_tensors(path), path)
     validate(model, stored, path)
     model = model.to(dtype).to_empty(device=device)
     copy_stored_tensors(model, stored)
@@ -232,8 +273,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
 
 
 def save_model(model: CausalWanModel, out_dir: str | Path, *, num_shards: int = 1, fmt: str = "safetensors",
-               class_name: str = "WanModel", extra_config: dict | None = None) -> Path:
-    """Write a model directory in the released layout (config.json + weights)."""
+               class_name: str = "WanModel", extra_config: dict | None = None, fp8_rows: bool = False) -> Path:
+    """Write a model directory in the released layout (config.json + weights); `fp8_rows`
+    stores its matrices as FP8 with per-row scales (safetensors only; `quantize_rows_fp8`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model.cfg.to_diffusers(class_name) | (extra_config or {})
@@ -242,6 +284,11 @@ def save_model(model: CausalWanModel, out_dir: str | Path, *, num_shards: int = 
     keys = list(state)
     per_shard = math.ceil(len(keys) / num_shards)
     shards = [keys[i:i + per_shard] for i in range(0, len(keys), per_shard)]
+    if fp8_rows:
+        if fmt != "safetensors":
+            raise ValueError("fp8_rows needs the safetensors format")
+        state = quantize_rows_fp8(state)          # a matrix's scales go in its shard
+        shards = [[k for key in shard for k in (key, key + FP8_SCALE_SUFFIX) if k in state] for shard in shards]
     if fmt == "pth":
         for i, shard in enumerate(shards):
             name = "diffusion_pytorch_model.pth" if len(shards) == 1 else f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.pth"

@@ -7,16 +7,19 @@
     <root>/lingbot_rt.json                 optional: which named configs the files are
 
 Upstream's releases have no `lingbot_rt.json`; its absence means the full-size configs
-(`wan2.1` VAE, `umt5-xxl` encoder) at 480x832. Our own small releases (tiny checkpoints, the
-built-in world) write one, e.g. `{"vae": "tiny", "text_encoder": "tiny", "height": 64, "width": 64}`;
-`vae` / `text_encoder` may also be the config's fields (a trained VAE carries its own latent
-mean and std).
+(`wan2.1` VAE, `umt5-xxl` encoder) at 480x832, streamed with LingBot-World-Fast's settings
+(`StreamConfig()`). Our own small releases (tiny checkpoints, the built-in world) write one,
+e.g. `{"vae": "tiny", "text_encoder": "tiny", "height": 64, "width": 64}`; `vae` /
+`text_encoder` may also be the config's fields (a trained VAE carries its own latent mean and
+std), and `stream` the `StreamConfig` fields its DiT was distilled for (schedule, cache window,
+camera), which a server's own stream config replaces whole.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +28,9 @@ from ..model.checkpoint import CheckpointError, load_fast
 from ..model.dit import CausalWanModel
 from ..model.text_encoder import T5Config, TextEncoder, t5_config
 from ..model.vae import VAEConfig, WanVAE, load_vae, vae_config
+
+if TYPE_CHECKING:
+    from .streaming import StreamConfig
 
 VAE_FILE = "Wan2.1_VAE.pth"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -40,6 +46,7 @@ class ReleaseManifest:
     text_encoder: str | dict = "umt5-xxl"
     height: int = 480
     width: int = 832
+    stream: dict | None = None      # StreamConfig fields (not the frame size: height / width above)
 
     def vae_config(self) -> VAEConfig:
         if isinstance(self.vae, str):
@@ -50,6 +57,15 @@ class ReleaseManifest:
         if isinstance(self.text_encoder, str):
             return t5_config(self.text_encoder)
         return config_from_dict(T5Config, self.text_encoder, f"{MANIFEST_FILE} text_encoder")
+
+    def stream_config(self) -> "StreamConfig":
+        """How this release streams: its `stream` fields at its native frame size."""
+        from .streaming import StreamConfig
+        stream = self.stream or {}
+        if {"height", "width"} & stream.keys():
+            raise ValueError(f"{MANIFEST_FILE} stream: the frame size is the manifest's height and width")
+        return config_from_dict(StreamConfig, {**stream, "height": self.height, "width": self.width},
+                                f"{MANIFEST_FILE} stream")
 
     @classmethod
     def read(cls, root: Path) -> "ReleaseManifest":
@@ -65,7 +81,7 @@ class ReleaseManifest:
             raise CheckpointError(f"{path}: expected an object with keys among {sorted(known)}, got {raw!r}")
         manifest = cls(**raw)
         try:
-            manifest.vae_config(), manifest.text_encoder_config()
+            manifest.vae_config(), manifest.text_encoder_config(), manifest.stream_config()
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         return manifest
@@ -110,6 +126,14 @@ def load_release(root: str | Path, *, device: torch.device | str = "cpu", dtype:
                                                device=device if text_device is None else text_device,
                                                dtype=text_dtype, text_len=dit.cfg.text_len)
     return Release(dit, vae, text_encoder, manifest)
+
+
+def release_stream_config(root: str | Path) -> "StreamConfig":
+    """The stream config a release root's manifest names (`StreamConfig()` at 480x832 without one)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError(f"release root {root} is not a directory")
+    return ReleaseManifest.read(root).stream_config()
 
 
 def load_release_vae(root: str | Path, *, device: torch.device | str = "cpu",

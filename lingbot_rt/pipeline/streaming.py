@@ -161,12 +161,14 @@ class StreamingInference:
         self.intrinsics = scale_intrinsics(np.array(config.intrinsics), self.height, self.width)
 
     @classmethod
-    def from_release(cls, root: str | Path, config: StreamConfig = StreamConfig(), *, device="cpu",
+    def from_release(cls, root: str | Path, config: StreamConfig | None = None, *, device="cpu",
                      dtype: torch.dtype = torch.bfloat16, vae_dtype: torch.dtype = torch.float32,
                      text_device=None) -> "StreamingInference":
-        """Load a release root (`pipeline/release.py`); the frame size defaults to its native one."""
+        """Load a release root (`pipeline/release.py`), streamed as `config` says (default: as
+        its manifest says); the frame size defaults to its native one."""
         from .release import load_release
         release = load_release(root, device=device, dtype=dtype, vae_dtype=vae_dtype, text_device=text_device)
+        config = config or release.manifest.stream_config()
         config = replace(config, height=config.height or release.manifest.height,
                          width=config.width or release.manifest.width)
         return cls(release.dit, release.vae, release.text_encoder, config)

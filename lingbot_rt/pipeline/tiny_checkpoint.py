@@ -22,7 +22,6 @@ from ..model.vae import WanVAE, save_vae
 from .release import T5_FILE, TOKENIZER_DIR, VAE_FILE, ReleaseManifest
 
 TINY_MANIFEST = ReleaseManifest(vae="tiny", text_encoder="tiny", height=64, width=64)
-DEFAULT_RELEASE = "ckpt/tiny"       # what `lingbot-rt serve` and the demo play when given no release
 
 
 def make_tiny_checkpoint(out: str | Path, *, config: str = "tiny", control_type: str = "cam",
@@ -50,11 +49,3 @@ def make_tiny_checkpoint(out: str | Path, *, config: str = "tiny", control_type:
     make_tiny_tokenizer(out / TOKENIZER_DIR)
     manifest.write(out)
     return out
-
-
-def ensure_default_release(root: str | Path) -> Path:
-    """`root` itself; when it is `DEFAULT_RELEASE` and missing, a tiny random release made there."""
-    if str(root) == DEFAULT_RELEASE and not Path(root).exists():
-        print(f"no release given: making a tiny random one in {DEFAULT_RELEASE} (its video is noise)")
-        make_tiny_checkpoint(root)
-    return Path(root)

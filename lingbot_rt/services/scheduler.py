@@ -5,9 +5,15 @@ video frames). Every engine step:
 
 1. admits waiting sessions (FCFS) into free KV-cache slots (a slot = one row of the pool
    the DiT stage preallocates; the pool size caps sessions per GPU);
-2. picks up to `max_batch` running sessions, earliest frame deadline first (a session's next
-   block is due one block-duration after its previous one: deadline-aware fairness, as
-   StreamDiffusionV2's SLO-aware batching), sessions at any position in their streams;
+2. picks up to `max_batch` running sessions whose next block is due, earliest deadline first
+   (deadline-aware fairness, as StreamDiffusionV2's SLO-aware batching), sessions at any
+   position in their streams. A session's first block is due at once; each next block one
+   block-duration after the previous one started (or was due, if it started early). The player
+   plays a block while the next one is made, so a block that is generated earlier than that only
+   waits in the client's buffer, and every action then waits behind it: generating ahead of the
+   stream's fps is latency, not throughput. Sessions due within `lead` of a block-duration join
+   the batch early (that keeps batches full and absorbs a step that runs long); `pace=False`
+   makes every running session due at every step (throughput benchmarks);
 3. reads each one's latest action (the block's keys are fixed here; later input goes to the
    next block), plans and denoises the batch in one set of DiT passes (the DiT stage);
 4. the VAE stage decodes each session's block with its own streaming decoder and hands the
@@ -57,11 +63,13 @@ log = logging.getLogger(__name__)
 class SchedulerConfig:
     max_batch: int = 4        # sessions batched in one DiT step
     max_waiting: int = 4      # sessions queued for a free KV slot; beyond it add_session refuses
+    pace: bool = True         # a session's next block only when its playback needs it
+    lead: float = 0.1         # fraction of a block-duration a block may start before it is due
     idle_sleep_s: float = 0.002
 
     def __post_init__(self):
-        if self.max_batch < 1 or self.max_waiting < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_waiting >= 0, got {self}")
+        if self.max_batch < 1 or self.max_waiting < 0 or not 0.0 <= self.lead < 1.0:
+            raise ValueError(f"max_batch must be >= 1, max_waiting >= 0 and 0 <= lead < 1, got {self}")
 
 
 @dataclass
@@ -90,8 +98,7 @@ class _Entry:
     seed: int
     action: _Action = field(default_factory=_Action)
     blocks: int = 0
-    deadline: float = 0.0                    # monotonic time its next block is due
-    queued_at: float = field(default_factory=time.monotonic)
+    deadline: float = 0.0                    # clock time its next block is due
 
 
 @dataclass
@@ -107,9 +114,10 @@ class _Decode:
 class Scheduler:
     def __init__(self, executor: Executor, config: SchedulerConfig,
                  on_output: Callable[[BlockOutput], None], on_error: Callable[[str, Exception], None],
-                 on_step: Callable[[int], None] | None = None):
-        """on_output / on_error(session_id, exc) / on_step(batch_size) run on the engine thread."""
-        self.executor, self.config = executor, config
+                 on_step: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic):
+        """on_output / on_error(session_id, exc) / on_step(batch_size) run on the engine thread;
+        `clock` (seconds) sets deadlines and measures stage times."""
+        self.executor, self.config, self.clock = executor, config, clock
         self.on_output, self.on_error, self.on_step = on_output, on_error, on_step
         stream = executor.config
         self.height, self.width, self.fps = stream.height, stream.width, stream.fps
@@ -192,7 +200,7 @@ class Scheduler:
                 self.on_error(entry.session_id, exc)
                 continue
             entry.pixels = None
-            entry.deadline = time.monotonic()
+            entry.deadline = self.clock()
             with self._lock:
                 self._opening.pop(entry.session_id, None)
                 if entry.session_id in self._removed:           # removed while it was being opened
@@ -201,10 +209,11 @@ class Scheduler:
                     continue
                 self._running[entry.session_id] = entry
 
-    def _pick(self) -> list[tuple[_Entry, _Action]]:
+    def _pick(self, now: float) -> list[tuple[_Entry, _Action]]:
+        due_by = now + self.config.lead * self.block_seconds if self.config.pace else float("inf")
         with self._lock:
-            ready = sorted(self._running.values(), key=lambda e: e.deadline)[: self.config.max_batch]
-            return [(entry, entry.action) for entry in ready]
+            due = sorted((e for e in self._running.values() if e.deadline <= due_by), key=lambda e: e.deadline)
+            return [(entry, entry.action) for entry in due[: self.config.max_batch]]
 
     def _fail(self, entry: _Entry, exc: Exception) -> None:
         log.warning("session %s failed: %s", entry.session_id, exc)
@@ -227,8 +236,8 @@ class Scheduler:
         self._process_failures()
         self._release_removed()
         self._admit()
-        start = time.monotonic()
-        batch = self._pick()
+        start = self.clock()
+        batch = self._pick(start)
         if not batch:
             return 0
         try:                                       # a block that cannot be planned fails alone, in `blocks`
@@ -237,7 +246,7 @@ class Scheduler:
             for entry, _ in batch:
                 self._fail(entry, exc)
             return 0
-        timings = {"denoise": time.monotonic() - start}
+        timings = {"denoise": self.clock() - start}
         denoised = []
         for entry, action in batch:
             block = blocks[entry.session_id]
@@ -252,7 +261,7 @@ class Scheduler:
         for entry, action, block in denoised:
             item = _Decode(entry, entry.blocks, action, block, dict(timings, queue=max(0.0, start - entry.deadline)))
             entry.blocks += 1
-            entry.deadline = max(entry.deadline + self.block_seconds, start)
+            entry.deadline = max(entry.deadline, start) + self.block_seconds    # late: no burst to catch up
             if self._vae_thread is None:
                 self._decode(item)
             else:
@@ -265,7 +274,7 @@ class Scheduler:
         with self._lock:
             if entry.session_id in self._removed or self._running.get(entry.session_id) is not entry:
                 return                             # the player left: no frames for nobody
-        decode_start = time.monotonic()
+        decode_start = self.clock()
         try:
             frames = item.block.decode()
         except Exception as exc:                   # noqa: BLE001 - each session has its own decoder
@@ -275,7 +284,7 @@ class Scheduler:
                 with self._lock:
                     self._failed.append((entry, exc))
             return
-        item.timings["decode"] = time.monotonic() - decode_start
+        item.timings["decode"] = self.clock() - decode_start
         self.on_output(BlockOutput(entry.session_id, item.block_index, item.block.first_frame, frames,
                                    item.action.seq, item.action.client_time, item.timings))
 

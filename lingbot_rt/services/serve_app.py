@@ -67,7 +67,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from ..config_io import config_from_dict
-from ..pipeline.tiny_checkpoint import DEFAULT_RELEASE
+from ..world.release import DEFAULT_RELEASE
 from .executor import STAGES, Executor
 from .gateway import GatewayConfig, WorldGateway
 from .metrics import serve_metrics
@@ -128,7 +128,8 @@ def load_executor(args: ServeAppArgs) -> Executor:
     import torch
 
     from ..pipeline import StreamConfig, StreamingInference
-    config = StreamConfig.from_yaml(args.config) if args.config else StreamConfig()
+    from ..pipeline.release import release_stream_config
+    config = StreamConfig.from_yaml(args.config) if args.config else release_stream_config(args.checkpoint)
     config = replace(config, height=args.height or config.height, width=args.width or config.width,
                      max_sessions=args.max_sessions)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None

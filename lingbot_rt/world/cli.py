@@ -13,7 +13,6 @@ subcommand sets `func(args) -> exit code`.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def cmd_gen_data(args) -> int:
@@ -106,8 +105,16 @@ def cmd_long_rollout(args) -> int:
 
 def cmd_export(args) -> int:
     from .shipped import SHIPPED_DIR, export_world_weights
-    out = export_world_weights(args.vae, args.teacher, args.out or SHIPPED_DIR)
+    out = export_world_weights(args.out or SHIPPED_DIR, vae_dir=args.vae, teacher_dir=args.teacher,
+                               student_dir=args.student)
     print(f"world weights written to {out}")
+    return 0
+
+
+def cmd_release(args) -> int:
+    from .release import make_world_release
+    out = make_world_release(args.out, args.weights)
+    print(f"the built-in world's release written to {out} (serve it: lingbot-rt serve --checkpoint {out})")
     return 0
 
 
@@ -184,11 +191,18 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_long_rollout)
 
-    p = sub.add_parser("export", help="write a trained VAE and teacher in the shipped layout (bf16)")
-    p.add_argument("--vae", required=True, help="a train-vae run directory")
-    p.add_argument("--teacher", required=True, help="a model directory (a train-teacher run's teacher/)")
+    p = sub.add_parser("export", help="write a trained VAE, teacher or student in the shipped layout")
+    p.add_argument("--vae", help="a train-vae run directory (stored in bf16)")
+    p.add_argument("--teacher", help="a model directory (a train-teacher run's teacher/; stored in bf16)")
+    p.add_argument("--student", help="a distillation run's student/ (stored with FP8 matrices)")
     p.add_argument("--out", help="output directory (default: the package's shipped weights)")
     p.set_defaults(func=cmd_export)
+
+    from .release import DEFAULT_RELEASE, SHIPPED_DIR
+    p = sub.add_parser("release", help="write the shipped world (student, VAE, text encoder) as a release root")
+    p.add_argument("--out", default=DEFAULT_RELEASE, help="release root to write (replaced if present)")
+    p.add_argument("--weights", default=str(SHIPPED_DIR), help="shipped-layout weights")
+    p.set_defaults(func=cmd_release)
     return parser
 
 

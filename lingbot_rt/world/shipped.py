@@ -4,6 +4,8 @@ Layout (what `lingbot-rt world export` writes, readable by the world commands as
 
     weights/vae.safetensors, vae_config.json       the VAE (bf16 weights; a train-vae directory)
     weights/teacher/                               the bidirectional teacher (a model directory, bf16)
+    weights/student/                               the distilled 4-step student (FP8 matrices, per-row
+                                                   scales: `checkpoint.quantize_rows_fp8`)
     weights/MODEL_CARD.md                          how they were made and what they score
 
 The VAE is stored in bf16 to halve its size (7 MB): its reconstruction PSNR on held-out
@@ -17,28 +19,45 @@ import torch
 
 from ..model.checkpoint import load_model, save_model
 from ..model.vae import save_vae
+from ..distillation.causal_init import STUDENT_DIR
 from .train_teacher import TEACHER_DIR
 from .train_vae import VAE_CONFIG, VAE_WEIGHTS, load_trained_vae
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 
 
-def export_world_weights(vae_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path = SHIPPED_DIR) -> Path:
-    """Write a trained VAE (a train-vae directory) and teacher (a model directory) in the
-    shipped layout, both in bf16. Returns `out_dir`."""
+def export_world_weights(out_dir: str | Path = SHIPPED_DIR, *, vae_dir: str | Path | None = None,
+                         teacher_dir: str | Path | None = None, student_dir: str | Path | None = None) -> Path:
+    """Write the given parts in the shipped layout: a trained VAE (a train-vae directory) and
+    the teacher in bf16, the student (a distillation run's student/) with FP8 matrices.
+    Returns `out_dir`."""
+    if vae_dir is None and teacher_dir is None and student_dir is None:
+        raise ValueError("nothing to export: give a VAE, a teacher or a student directory")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vae = load_trained_vae(vae_dir)
-    save_vae(vae.to(torch.bfloat16), out / VAE_WEIGHTS)
-    (out / VAE_CONFIG).write_text((Path(vae_dir) / VAE_CONFIG).read_text())
-    teacher = load_model(teacher_dir, dtype=torch.bfloat16)
-    save_model(teacher, out / TEACHER_DIR, class_name="WanModel")
+    if vae_dir is not None:
+        vae = load_trained_vae(vae_dir)
+        save_vae(vae.to(torch.bfloat16), out / VAE_WEIGHTS)
+        (out / VAE_CONFIG).write_text((Path(vae_dir) / VAE_CONFIG).read_text())
+    if teacher_dir is not None:
+        save_model(load_model(teacher_dir, dtype=torch.bfloat16), out / TEACHER_DIR, class_name="WanModel")
+    if student_dir is not None:
+        save_model(load_model(student_dir, dtype=torch.float32), out / STUDENT_DIR, class_name="WanModelFast",
+                   fp8_rows=True)
     return out
 
 
-def shipped_teacher_dir(root: str | Path = SHIPPED_DIR) -> Path:
-    path = Path(root) / TEACHER_DIR
+def _shipped(root: str | Path, name: str, what: str) -> Path:
+    path = Path(root) / name
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is missing: the package ships no trained world teacher "
+        raise FileNotFoundError(f"{path} is missing: the package ships no trained world {what} "
                                 "(`lingbot-rt world export` writes one)")
     return path
+
+
+def shipped_teacher_dir(root: str | Path = SHIPPED_DIR) -> Path:
+    return _shipped(root, TEACHER_DIR, "teacher")
+
+
+def shipped_student_dir(root: str | Path = SHIPPED_DIR) -> Path:
+    return _shipped(root, STUDENT_DIR, "student")

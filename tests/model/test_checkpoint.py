@@ -157,3 +157,39 @@ def test_wrong_config_sizes_are_reported_as_shape_mismatch(saved):
     (saved / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="not divisible by num_heads 5"):
         load_model(saved)
+
+
+def test_fp8_rows_round_trip_within_fp8_rounding_and_half_the_bytes(tmp_path):
+    model = make_model(seed=4)
+    save_model(model, tmp_path / "fp8", num_shards=3, fp8_rows=True)
+    save_model(make_model(seed=4).to(torch.bfloat16), tmp_path / "bf16")
+    loaded = load_model(tmp_path / "fp8", dtype=torch.float32)
+    quantized = 0
+    for key, value in model.state_dict().items():
+        got = loaded.state_dict()[key]
+        if value.ndim == 2 and min(value.shape) >= 16:
+            quantized += 1
+            step = value.abs().amax(dim=1, keepdim=True) / 448 * 2**-9      # e4m3's subnormal spacing, scaled
+            assert ((got - value).abs() <= value.abs() * 2**-4 + step).all(), key
+            assert not torch.equal(got, value), key
+        else:
+            torch.testing.assert_close(got, value, atol=0, rtol=0, msg=key)
+    assert quantized > 0
+    size = lambda d: sum(p.stat().st_size for p in d.glob("*.safetensors"))  # noqa: E731
+    assert size(tmp_path / "fp8") < 0.7 * size(tmp_path / "bf16")
+
+
+def test_fp8_matrix_without_its_scales_and_stray_scales_are_refused(tmp_path):
+    from safetensors.torch import load_file
+    save_model(make_model(seed=5), tmp_path / "m", fp8_rows=True)
+    shard = tmp_path / "m" / "diffusion_pytorch_model.safetensors"
+    state = load_file(shard)
+    scale = state.pop("blocks.0.self_attn.q.weight.fp8_row_scale")
+    save_file(state, shard)
+    with pytest.raises(CheckpointError, match=r"FP8 tensors without .fp8_row_scale: blocks\.0\.self_attn\.q\.weight"):
+        load_model(tmp_path / "m")
+    state["blocks.0.self_attn.q.weight.fp8_row_scale"] = scale
+    state["head.head.bias.fp8_row_scale"] = torch.ones(64)
+    save_file(state, shard)
+    with pytest.raises(CheckpointError, match=r"head\.head\.bias\.fp8_row_scale scales no FP8 matrix head\.head\.bias"):
+        load_model(tmp_path / "m")

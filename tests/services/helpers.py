@@ -21,10 +21,12 @@ class Recorder:
         return [o for o in self.outputs if o.session_id == session_id]
 
 
-def make_scheduler(executor: Executor, **config) -> tuple[Scheduler, Recorder]:
+def make_scheduler(executor: Executor, clock=time.monotonic, **config) -> tuple[Scheduler, Recorder]:
+    """Unpaced unless `pace=True`: these tests call `step` back to back and expect a block from
+    each running session each time (the pacing tests drive a fake clock)."""
     recorder = Recorder()
-    scheduler = Scheduler(executor, SchedulerConfig(**config), recorder.output, recorder.error,
-                          on_step=recorder.batch_sizes.append)
+    scheduler = Scheduler(executor, SchedulerConfig(**{"pace": False, **config}), recorder.output, recorder.error,
+                          on_step=recorder.batch_sizes.append, clock=clock)
     return scheduler, recorder
 
 

@@ -13,6 +13,7 @@ from lingbot_rt.pipeline import StreamConfig, StreamingInference
 from lingbot_rt.pipeline.streaming import CapacityError
 from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
 from lingbot_rt.services.executor import InProcessExecutor
+from lingbot_rt.services.scheduler import SchedulerConfig
 from tests.services.helpers import make_scheduler, wait_until
 from tests.test_streaming import start_image
 
@@ -161,6 +162,65 @@ def test_deadlines_alternate_sessions_when_the_batch_is_one(pipeline):
         assert [o.session_id for o in recorder.outputs] in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
     finally:
         scheduler.shutdown()
+
+
+class FakeClock:
+    def __init__(self, t: float = 100.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_paced_session_gets_one_block_per_block_duration(pipeline):
+    """Blocks are made when the player needs them: ahead of the stream they would only sit in its
+    buffer, and every action would wait behind them."""
+    clock = FakeClock()
+    scheduler, recorder = make(pipeline, pace=True, lead=0.1, clock=clock)
+    block = scheduler.block_seconds
+    try:
+        scheduler.add_session("a", start_image(seed=1), "x")
+        assert scheduler.step() == 1                     # the first block is due at once
+        assert scheduler.step() == 0                     # the next one only a block-duration later
+        clock.t = 100.0 + 0.85 * block
+        assert scheduler.step() == 0
+        clock.t = 100.0 + 0.95 * block                   # within the lead: may start early
+        assert scheduler.step() == 1
+        clock.t = 100.0 + 2.5 * block                    # due at 2 blocks; the server was late
+        assert scheduler.step() == 1
+        clock.t = 100.0 + 3.0 * block                    # no burst to catch up: next due at 3.5
+        assert scheduler.step() == 0
+        clock.t = 100.0 + 3.5 * block
+        assert scheduler.step() == 1
+        assert [o.block_index for o in recorder.outputs] == [0, 1, 2, 3]
+        assert recorder.outputs[2].timings["queue"] == pytest.approx(0.5 * block)   # how late it started
+    finally:
+        scheduler.shutdown()
+
+
+def test_paced_batch_takes_sessions_due_within_the_lead(pipeline):
+    clock = FakeClock()
+    scheduler, recorder = make(pipeline, pace=True, lead=0.1, clock=clock)
+    block = scheduler.block_seconds
+    try:
+        scheduler.add_session("a", start_image(seed=1), "x")
+        assert scheduler.step() == 1
+        clock.t = 100.0 + 0.95 * block                   # b arrives; a is due within the lead: one batch
+        scheduler.add_session("b", start_image(seed=2), "x")
+        assert scheduler.step() == 2
+        clock.t = 100.0 + 1.5 * block
+        assert scheduler.step() == 0
+        clock.t = 100.0 + 1.95 * block                   # both due again together: batches stay full
+        assert scheduler.step() == 2
+        assert recorder.batch_sizes == [1, 2, 2]
+        assert [o.block_index for o in recorder.of("b")] == [0, 1]
+    finally:
+        scheduler.shutdown()
+
+
+def test_scheduler_config_refuses_a_lead_of_a_whole_block():
+    with pytest.raises(ValueError, match="lead"):
+        SchedulerConfig(lead=1.0)
 
 
 def test_engine_thread_streams_and_shuts_down(pipeline):

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Longer DMD of the built-in world's students, in segments: every run in RUNS continues from its
+# own checkpoint for SEG_MIN minutes, side by side on one GPU, and every student (the EMA) is
+# evaluated on the held-out clips after every segment (eval_<run>_<segment>/). Resumes.
+#   RUNS="a=students/dmd_init_tf:2e-5 b=students/dmd_init_tf:5e-5" SEGMENTS=3 SEG_MIN=6 \
+#       bash benchmarks/distill/dmd_segments.sh
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+RUNS=${RUNS:?name=initial-student-dir:lr ...}; SEGMENTS=${SEGMENTS:-3}; SEG_MIN=${SEG_MIN:-6}
+DMD_BATCH=${DMD_BATCH:-128}; CLIPS=${CLIPS:-1024}; HELDOUT=${HELDOUT:-64}
+
+stamp gen-data
+[ -f "$ROOT/heldout/meta.json" ] || gen_data "$CLIPS" "$HELDOUT"
+for segment in $(seq 1 "$SEGMENTS"); do
+    stamp "DMD segment $segment of $SEGMENTS ($SEG_MIN min): $RUNS"
+    for run in $RUNS; do
+        name=${run%%=*}; spec=${run#*=}; init=${spec%%:*}; lr=${spec##*:}
+        $distill dmd --student "$init" --teacher "$TEACHER" --data "$ROOT/data" --vae "$WEIGHTS" --device "$DEVICE" \
+            --out "$ROOT/dmd_$name" --batch-size "$DMD_BATCH" --generator-lr "$lr" --critic-lr "$lr" \
+            --steps 1000000 --minutes "$SEG_MIN" >> "$ROOT/dmd_$name.log" 2>&1 &
+    done
+    wait
+    for run in $RUNS; do
+        name=${run%%=*}
+        evaluate "${name}_$segment" --student "$ROOT/dmd_$name/student"
+    done
+done
+stamp done
