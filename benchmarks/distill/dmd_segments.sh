@@ -7,6 +7,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 RUNS=${RUNS:?name=initial-student-dir:lr ...}; SEGMENTS=${SEGMENTS:-3}; SEG_MIN=${SEG_MIN:-6}
+CONFIG=${CONFIG:-}               # a DMDConfig YAML (e.g. ema_decay); the flags below override it
 DMD_BATCH=${DMD_BATCH:-128}; CLIPS=${CLIPS:-1024}; HELDOUT=${HELDOUT:-64}
 
 stamp gen-data
@@ -17,7 +18,7 @@ for segment in $(seq 1 "$SEGMENTS"); do
         name=${run%%=*}; spec=${run#*=}; init=${spec%%:*}; lr=${spec##*:}
         $distill dmd --student "$init" --teacher "$TEACHER" --data "$ROOT/data" --vae "$WEIGHTS" --device "$DEVICE" \
             --out "$ROOT/dmd_$name" --batch-size "$DMD_BATCH" --generator-lr "$lr" --critic-lr "$lr" \
-            --steps 1000000 --minutes "$SEG_MIN" >> "$ROOT/dmd_$name.log" 2>&1 &
+            --steps 1000000 --minutes "$SEG_MIN" ${CONFIG:+--config "$CONFIG"} >> "$ROOT/dmd_$name.log" 2>&1 &
     done
     wait
     for run in $RUNS; do
