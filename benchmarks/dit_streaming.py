@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from random_models import random_dit
+from random_models import random_dit, steady_block
 from results_io import finish
 
 from lingbot_rt.model import CacheConfig, CausalWanModel
@@ -58,25 +58,11 @@ def main():
     model = build(args)
     sync(dev)
     build_s = time.perf_counter() - t0
-    cfg = model.cfg
     lat_h, lat_w = args.height // VAE_STRIDE, args.width // VAE_STRIDE
     cache_cfg = CacheConfig(sink_frames=args.sink, window_frames=args.window)
-    cache = model.new_cache(cache_cfg, args.batch, (lat_h, lat_w))
-    slots = list(range(args.batch))
+    steady = steady_block(model, cache_cfg, (lat_h, lat_w), args.batch)
+    cache, slots, x, y, control = steady.cache, steady.slot_ids, steady.x, steady.y, steady.control
     B, Fb = args.batch, cache_cfg.block_frames
-    g = torch.Generator(device=dev).manual_seed(0)
-    rand = lambda *s: torch.randn(*s, device=dev, generator=g, dtype=model.dtype)
-    context = rand(B, cfg.text_len, cfg.text_dim)
-    model.start_sessions(cache, slots, context)
-    # Steady state: the window is full, so every block reads sink + window frames.
-    with torch.no_grad():
-        cache.k.normal_(generator=g)
-        cache.v.normal_(generator=g)
-    for s in slots:
-        cache.num_frames[s] = cache_cfg.cache_frames
-    x = rand(B, 16, Fb, lat_h, lat_w)
-    y = rand(B, cfg.in_dim - 16, Fb, lat_h, lat_w)
-    control = rand(B, cfg.control_channels, Fb, lat_h, lat_w) if cfg.control_type else None
     timesteps = [999.0, 978.0, 947.0, 825.0][: args.steps]
 
     def one_block():

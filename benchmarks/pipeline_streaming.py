@@ -11,27 +11,18 @@ the DiT's text width (the prompt is encoded once per session, outside the block 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 
 import numpy as np
 import torch
 
-from random_models import random_dit
+from random_models import one_layer_text_encoder, random_dit
 from results_io import finish
 
-from lingbot_rt.model.text_encoder import PromptTokenizer, T5Config, TextEncoder, UMT5Encoder, make_tiny_tokenizer
 from lingbot_rt.model.vae import WanVAE, vae_config
 from lingbot_rt.pipeline import StreamConfig, StreamingInference
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def one_layer_text_encoder(dim: int, text_len: int, device) -> TextEncoder:
-    cfg = T5Config(vocab_size=64, dim=dim, dim_attn=256, dim_ffn=256, num_heads=4, num_layers=1, num_buckets=8)
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer = PromptTokenizer.from_folder(make_tiny_tokenizer(folder), text_len)
-    return TextEncoder(UMT5Encoder(cfg).to(device), tokenizer)
 
 
 def main():

@@ -15,19 +15,24 @@ norms and head run in float32; the big linears and attention run in the weight d
 from __future__ import annotations
 
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention, block_causal_mask, teacher_forcing_mask
 from .config import CacheConfig, ModelConfig
-from .kv_cache import CacheView, KVCache
+from .fp8 import Float8Linear
+from .kv_cache import KVCache
 from .rope import Rotary, rotary_for_frames
+from .sequence_parallel import SequenceParallel
 
 
-def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A linear layer in its weight dtype (what upstream's bf16 autocast does)."""
-    return layer(x.to(layer.weight.dtype))
+def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer in its weight dtype (what upstream's bf16 autocast does); an FP8 linear
+    takes its input in its output dtype and quantises it itself."""
+    return layer(x.to(layer.out_dtype if isinstance(layer, Float8Linear) else layer.weight.dtype))
 
 
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +70,16 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
 
 
+@dataclass
+class CachedKV:
+    """One layer's cached self-attention K/V as a streaming forward reads them."""
+
+    k: torch.Tensor                    # [B, Fc*T, H', D] un-roped (H' = this rank's heads)
+    v: torch.Tensor                    # [B, Fc*T, H', D]
+    rotary: Rotary                     # the cached keys' rotations at their cache-relative positions
+    attn_mask: torch.Tensor | None     # bool [B, 1, 1, Fc*T + block tokens], None = all visible
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_index: int):
         super().__init__()
@@ -72,30 +87,37 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
+        self.qkv_fused: nn.Module | None = None      # `fuse_qkv`: one [3 dim, dim] projection
+        self.sequence_parallel: SequenceParallel | None = None
 
     def qkv(self, x: torch.Tensor):
         b, n = x.shape[:2]
         shape = (b, n, self.num_heads, self.head_dim)
-        q = self.norm_q(_linear(self.q, x)).view(shape)
-        k = self.norm_k(_linear(self.k, x)).view(shape)
-        v = _linear(self.v, x).view(shape)
-        return q, k, v
+        if self.qkv_fused is not None:
+            q, k, v = _linear(self.qkv_fused, x).chunk(3, dim=-1)
+        else:
+            q, k, v = _linear(self.q, x), _linear(self.k, x), _linear(self.v, x)
+        return self.norm_q(q).view(shape), self.norm_k(k).view(shape), v.view(shape)
 
-    def forward(self, x, rotary: Rotary, block_mask=None, cache: KVCache | None = None,
-                view: CacheView | None = None, commit: bool = False):
+    def forward(self, x, rotary: Rotary, block_mask=None, past: CachedKV | None = None):
+        """x [B, L, dim] -> (output [B, L, dim], k un-roped, v), k/v [B, L', H', D]: the
+        tokens' own K/V as a streaming commit stores them. Without sequence parallelism L' = L
+        and H' = H; with it x holds this rank's L / N tokens, `rotary` covers the whole sequence,
+        attention runs on the whole sequence and H / N heads (Ulysses), and L' = N L, H' = H / N."""
         q, k, v = self.qkv(x)
+        if self.sequence_parallel is not None:
+            q, k, v = (self.sequence_parallel.seq_to_heads(t) for t in (q, k, v))
         dtype = v.dtype
         q_r, k_r = rotary.apply(q).to(dtype), rotary.apply(k).to(dtype)
-        if cache is None:
+        if past is None:
             out = attention(q_r, k_r, v, block_mask=block_mask)
         else:
-            cached_k, cached_v = cache.read(self.layer_index, view)
-            cached_k = view.key_rotary.apply(cached_k).to(dtype)
-            out = attention(q_r, torch.cat([cached_k, k_r], 1), torch.cat([cached_v.to(dtype), v], 1),
-                            attn_mask=view.attn_mask)
-            if commit:  # after the read: the block may overwrite frames it just attended to
-                cache.write(self.layer_index, view, k, v)
-        return _linear(self.o, out.flatten(2))
+            cached_k = past.rotary.apply(past.k).to(dtype)
+            out = attention(q_r, torch.cat([cached_k, k_r], 1), torch.cat([past.v.to(dtype), v], 1),
+                            attn_mask=past.attn_mask)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.heads_to_seq(out)
+        return _linear(self.o, out.flatten(2)), k, v
 
 
 class CrossAttention(nn.Module):
@@ -140,11 +162,15 @@ class DiTBlock(nn.Module):
             self.cam_scale_layer = nn.Linear(dim, dim)
             self.cam_shift_layer = nn.Linear(dim, dim)
 
-    def forward(self, x, e0, rotary, text_k, text_v, control=None, **attn_kwargs):
-        """x [B, L, dim] float32 residual; e0 [B, L, 6, dim] float32 per-token modulation."""
+    def forward(self, x, e0, rotary, text_k, text_v, control=None, *, block_mask=None,
+                past: CachedKV | None = None):
+        """x [B, L, dim] float32 residual; e0 [B, L, 6, dim] float32 per-token modulation.
+        Returns the new residual, or with `past` (streaming) (residual, k, v): the block's
+        self-attention K/V for the caller to commit (`SelfAttention.forward`). The cache
+        itself is never touched here, so a compiled block is one graph for every layer."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = \
             (self.modulation.float().unsqueeze(0) + e0).unbind(2)
-        y = self.self_attn(self.norm1(x) * (1 + scale_msa) + shift_msa, rotary, **attn_kwargs)
+        y, k, v = self.self_attn(self.norm1(x) * (1 + scale_msa) + shift_msa, rotary, block_mask, past)
         x = x + y.float() * gate_msa
         if control is not None:
             # Camera FiLM, per token, between self- and cross-attention (upstream model.py L256-263).
@@ -152,7 +178,8 @@ class DiTBlock(nn.Module):
             x = (1.0 + _linear(self.cam_scale_layer, h).float()) * x + _linear(self.cam_shift_layer, h).float()
         x = x + self.cross_attn(self.norm3(x), text_k, text_v).float()
         y = _linear(self.ffn[2], self.ffn[1](_linear(self.ffn[0], self.norm2(x) * (1 + scale_ffn) + shift_ffn)))
-        return x + y.float() * gate_ffn
+        x = x + y.float() * gate_ffn
+        return x if past is None else (x, k, v)
 
 
 class Head(nn.Module):
@@ -186,6 +213,7 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.num_layers))
         self.head = Head(cfg)
+        self.sequence_parallel: SequenceParallel | None = None
         self.init_weights()
 
     # ---- initialisation and accounting ------------------------------------------------------
@@ -244,7 +272,8 @@ class CausalWanModel(nn.Module):
             x = torch.cat([x, y], dim=1)
         tokens = self.patch_embedding(x.to(self.dtype))
         grid = tuple(tokens.shape[2:])
-        return tokens.flatten(2).transpose(1, 2).float(), grid
+        # contiguous: every block then sees one memory layout (one graph when compiled)
+        return tokens.flatten(2).transpose(1, 2).contiguous().float(), grid
 
     def embed_control(self, control: torch.Tensor) -> torch.Tensor:
         """[B, C_ctrl, F, H, W] folded rays -> per-token control features [B, L, dim].
@@ -295,13 +324,61 @@ class CausalWanModel(nn.Module):
         return x.reshape(b, self.cfg.out_dim, grid[0] * p_t, grid[1] * p_h, grid[2] * p_w)
 
     # ---- full-clip forwards -------------------------------------------------------------------
-    def _run_blocks(self, x, t, grid, text, control, rotary, **attn_kwargs):
+    def _run_blocks(self, x, t, grid, text, control, rotary, block_mask):
         e, e0 = self.embed_time(t, x.shape[0], grid)
         ctrl = self.embed_control(control) if control is not None else None
+        x, e, e0, ctrl = self._shard(x, e, e0, ctrl)
         for block in self.blocks:
             text_k, text_v = block.cross_attn.context_kv(text)
-            x = block(x, e0, rotary, text_k, text_v, ctrl, **attn_kwargs)
-        return self.head(x, e)
+            x = block(x, e0, rotary, text_k, text_v, ctrl, block_mask=block_mask)
+        return self._gather(self.head(x, e))
+
+    # ---- sequence parallelism (Ulysses) -------------------------------------------------------
+    def enable_sequence_parallel(self, sp: SequenceParallel) -> None:
+        """Shard every forward's tokens over `sp`'s ranks; self-attention runs on the whole
+        sequence and num_heads / N heads per rank (`sequence_parallel.py`). Every rank calls
+        the same forwards with the same inputs and gets the whole output; a streaming cache
+        (`new_cache`) then holds this rank's heads only."""
+        if self.cfg.num_heads % sp.world_size:
+            raise ValueError(f"num_heads {self.cfg.num_heads} is not divisible by the {sp.world_size} "
+                             "sequence-parallel ranks")
+        self.sequence_parallel = sp
+        for block in self.blocks:
+            block.self_attn.sequence_parallel = sp
+
+    def _shard(self, *per_token):
+        """This rank's tokens of each [B, L, ...] tensor (None stays None)."""
+        sp = self.sequence_parallel
+        if sp is None:
+            return per_token
+        return tuple(None if t is None else sp.shard(t) for t in per_token)
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.sequence_parallel is None else self.sequence_parallel.gather(x)
+
+    # ---- inference transforms (`fuse_qkv`, `compile_blocks`, `fp8.convert_to_fp8`) ------------
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """Replace each self-attention's q, k, v linears by one [3 dim, dim] linear (one GEMM
+        instead of three). An inference transform for a loaded model: q, k and v are dropped,
+        so the state dict changes (save before fusing)."""
+        for block in self.blocks:
+            attn = block.self_attn
+            if attn.qkv_fused is not None:
+                continue
+            layers = (attn.q, attn.k, attn.v)
+            fused = nn.Linear(self.cfg.dim, 3 * self.cfg.dim, device=attn.q.weight.device, dtype=attn.q.weight.dtype)
+            fused.weight.copy_(torch.cat([m.weight for m in layers]))
+            fused.bias.copy_(torch.cat([m.bias for m in layers]))
+            attn.qkv_fused = fused
+            del attn.q, attn.k, attn.v
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """torch.compile every DiT block in place (regional compilation: the blocks share one
+        code object and take their weights as inputs, so all layers reuse one graph; the KV
+        cache reads and writes stay outside it, in `forward_block`)."""
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
 
     def forward(self, x, t, context, y=None, control=None, *, attention: str = "bidirectional",
                 block_frames: int = 3):
@@ -357,7 +434,9 @@ class CausalWanModel(nn.Module):
         if latent_hw[0] % p_h or latent_hw[1] % p_w:
             raise ValueError(f"latent size {latent_hw} must be divisible by the patch {(p_h, p_w)}")
         grid_hw = (latent_hw[0] // p_h, latent_hw[1] // p_w)
-        return KVCache(self.cfg, cache_cfg, capacity, grid_hw, self.device, dtype or self.dtype)
+        head_shards = 1 if self.sequence_parallel is None else self.sequence_parallel.world_size
+        return KVCache(self.cfg, cache_cfg, capacity, grid_hw, self.device, dtype or self.dtype,
+                       head_shards=head_shards)
 
     @torch.no_grad()
     def start_sessions(self, cache: KVCache, slot_ids: list[int], context: torch.Tensor) -> None:
@@ -395,10 +474,14 @@ class CausalWanModel(nn.Module):
         view = cache.view(slot_ids, num_frames)
         e, e0 = self.embed_time(t, x.shape[0], grid)
         ctrl = self.embed_control(control) if control is not None else None
-        h = tokens
+        h, e, e0, ctrl = self._shard(tokens, e, e0, ctrl)
         for block in self.blocks:
-            text_k, text_v = cache.text_kv(block.self_attn.layer_index, view)
-            h = block(h, e0, view.query_rotary, text_k, text_v, ctrl, cache=cache, view=view, commit=commit)
+            layer = block.self_attn.layer_index
+            text_k, text_v = cache.text_kv(layer, view)
+            past = CachedKV(*cache.read(layer, view), view.key_rotary, view.attn_mask)
+            h, k, v = block(h, e0, view.query_rotary, text_k, text_v, ctrl, past=past)
+            if commit:  # after the layer's read: the block may overwrite frames it just attended to
+                cache.write(layer, view, k, v)
         if commit:
             cache.advance(slot_ids, num_frames)
-        return self.unpatchify(self.head(h, e), grid)
+        return self.unpatchify(self._gather(self.head(h, e)), grid)

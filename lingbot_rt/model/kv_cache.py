@@ -53,11 +53,15 @@ class KVCache:
 
     def __init__(self, model_cfg: ModelConfig, cache_cfg: CacheConfig, capacity: int,
                  grid_hw: tuple[int, int], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, head_shards: int = 1):
+        """head_shards: sequence-parallel ranks; self-attention K/V then hold this rank's
+        num_heads / head_shards heads (text K/V keep every head: cross-attention is not sharded)."""
+        if model_cfg.num_heads % head_shards:
+            raise ValueError(f"num_heads {model_cfg.num_heads} is not divisible by head_shards {head_shards}")
         self.model_cfg, self.cfg, self.capacity, self.grid_hw = model_cfg, cache_cfg, capacity, grid_hw
         self.tokens_per_frame = grid_hw[0] * grid_hw[1]
         shape = (model_cfg.num_layers, capacity, cache_cfg.cache_frames, self.tokens_per_frame,
-                 model_cfg.num_heads, model_cfg.head_dim)
+                 model_cfg.num_heads // head_shards, model_cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         text_shape = (model_cfg.num_layers, capacity, model_cfg.text_len, model_cfg.num_heads, model_cfg.head_dim)

@@ -1,0 +1,321 @@
+"""Full-size streaming speed: sustained FPS, per-block stage costs, latencies, peak memory and
+the fraction of the bf16 limit, one session, LingBot-World-Fast settings.
+
+Random weights at full size (built on the meta device, materialised once on the device; the
+built-in `world` model loads its shipped weights), 3-latent-frame blocks, 4 denoising steps
+(t = 999, 978, 947, 825), sink 3 + window 15, then the commit (a clean t = 0 pass, or
+`--commit last_step`), the streaming VAE decode and the gateway's JPEG encode, sequentially,
+through `StreamingInference.stream_generate` (the pipeline `lingbot-rt generate` runs).
+
+Per block it records each denoising pass and the commit pass (CUDA events), the rest of the
+DiT stage (actions, controls, condition, noise), the decode (synchronised wall clock) and the
+encode (CPU). A warm-up stream runs first (compilation, and both attention layouts: while the
+window fills and once it is full); then a fresh stream is timed: first-frame latency (stream
+open to the first JPEG), key read -> first JPEG of the block those keys steer, and sustained
+FPS over its blocks after the first. FLOPs of one steady-state block are counted with
+FlopCounterMode (attention included), and the bf16 GEMM rate is measured at the DiT's shapes
+in the same run: their ratio is the fraction of the limit.
+
+    python benchmarks/bench_fps.py --model lingbot-14b --resolution 480p --out benchmarks/results/fps_lingbot-14b_480p_h100.json
+    python benchmarks/bench_fps.py --model wan-1.3b --resolution 720p --compile default --attention cudnn \\
+        --fused-qkv --commit last_step
+    python benchmarks/bench_fps.py --model world --resolution 480p --long 500        # flat per-block cost
+    python benchmarks/bench_fps.py --model tiny --resolution 64x64 --device cpu --dtype fp32 --blocks 3 --warmup 1
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from gpu_timing import RegionTimer, count_flops, matmul_ceiling
+from random_models import one_layer_text_encoder, random_dit, steady_block
+from results_io import finish
+
+from lingbot_rt.model import CacheConfig, CausalWanModel
+from lingbot_rt.model.checkpoint import load_model
+from lingbot_rt.model.fp8 import convert_to_fp8
+from lingbot_rt.model.sampler import FAST_INDICES, FAST_SHIFT, FewStepSchedule
+from lingbot_rt.model.vae import SPACE_STRIDE, WanVAE, vae_config
+from lingbot_rt.pipeline import StreamConfig, StreamingInference
+from lingbot_rt.services.gateway import encode_jpeg
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
+VAE_OF_MODEL = {"world": "world", "tiny": "tiny"}          # every other model: the Wan2.1 VAE
+SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+LONG_REFERENCE_BLOCK = 20
+LONG_SPAN = 5                     # blocks averaged at each end of the flat-cost check
+
+
+def resolution(text: str) -> tuple[int, int]:
+    """'480p', '720p' or 'HxW' -> (height, width)."""
+    if text in RESOLUTIONS:
+        return RESOLUTIONS[text]
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must be 480p, 720p or HxW, got {text!r}") from None
+    if height <= 0 or width <= 0 or height % (2 * SPACE_STRIDE) or width % (2 * SPACE_STRIDE):
+        raise argparse.ArgumentTypeError(f"height and width must be positive multiples of {2 * SPACE_STRIDE}, "
+                                         f"got {height}x{width}")
+    return height, width
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="lingbot-14b", help="named DiT config (lingbot-14b, wan-1.3b, world, tiny)")
+    ap.add_argument("--resolution", type=resolution, default="480p", help="480p (832x480), 720p (1280x720) or HxW")
+    ap.add_argument("--vae", default=None, help="named VAE config (default: world/tiny for those models, else wan2.1)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--blocks", type=int, default=21, help="blocks of the timed stream (FPS over all but the first)")
+    ap.add_argument("--warmup", type=int, default=7, help="blocks of the warm-up stream (7 reaches a full window)")
+    ap.add_argument("--long", type=int, default=0,
+                    help=f"stream this many blocks and compare the cost of the last {LONG_SPAN} with blocks "
+                         f"{LONG_REFERENCE_BLOCK}-{LONG_REFERENCE_BLOCK + LONG_SPAN - 1}")
+    ap.add_argument("--sink", type=int, default=3)
+    ap.add_argument("--window", type=int, default=15)
+    ap.add_argument("--commit", default="clean", choices=["clean", "last_step"])
+    ap.add_argument("--compile", default="none", choices=COMPILE_MODES, help="torch.compile every DiT block")
+    ap.add_argument("--attention", default="auto", choices=["auto", *SDPA_BACKENDS],
+                    help="SDPA backend (auto: PyTorch's choice)")
+    ap.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
+    ap.add_argument("--fp8", action="store_true", help="e4m3 rowwise-scaled linears in the DiT blocks")
+    ap.add_argument("--jpeg-quality", type=int, default=85)
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    args = ap.parse_args(argv)
+    if args.blocks < 2 or args.warmup < 0:
+        ap.error(f"--blocks must be >= 2 and --warmup >= 0, got {args.blocks} and {args.warmup}")
+    if args.long and args.long < LONG_REFERENCE_BLOCK + 2 * LONG_SPAN:
+        ap.error(f"--long must be >= {LONG_REFERENCE_BLOCK + 2 * LONG_SPAN}, got {args.long}")
+    return args
+
+
+def build_models(args, dtype: torch.dtype, device: torch.device) -> tuple[CausalWanModel, WanVAE]:
+    if args.model == "world":
+        from lingbot_rt.world.shipped import SHIPPED_DIR, shipped_teacher_dir
+        from lingbot_rt.world.train_vae import load_trained_vae
+        return (load_model(shipped_teacher_dir(), dtype, device).eval(),
+                load_trained_vae(SHIPPED_DIR, device, dtype).eval())
+    vae = WanVAE(vae_config(args.vae or VAE_OF_MODEL.get(args.model, "wan2.1"))).to(device, dtype).eval()
+    return random_dit(args.model, dtype, device), vae
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@torch.no_grad()
+def probe_block(dit: CausalWanModel, vae: WanVAE, args, latent_hw, timesteps: list[float]) -> dict:
+    """FLOPs of one steady-state block (DiT passes + decode) and the output error of each
+    requested transform against the untransformed model, on a throwaway cache. Applies the
+    transforms to `dit`."""
+    cache_cfg = CacheConfig(sink_frames=args.sink, window_frames=args.window)
+    steady = steady_block(dit, cache_cfg, latent_hw)
+    dev = dit.device
+    one_pass = lambda t, commit=False: dit.forward_block(steady.x, torch.full((1,), t, device=dev), steady.cache,
+                                                           steady.slot_ids, y=steady.y, control=steady.control,
+                                                           commit=commit)
+
+    def dit_block():
+        for index, t in enumerate(timesteps):
+            one_pass(t, commit=args.commit == "last_step" and index == len(timesteps) - 1)
+        if args.commit == "clean":
+            one_pass(0.0, commit=True)
+    # Counted before the transforms: the FLOPs of the model's maths, whatever precision runs them.
+    out = {"transform_rel_err": {}}
+    out["dit_flops"], out["dit_flops_by_op"] = count_flops(dit_block)
+    decoder = vae.stream_decoder()
+    latents = torch.randn(1, 16, cache_cfg.block_frames, *latent_hw, device=dev)
+    decoder.decode(latents)                       # the stream's first block decodes fewer frames
+    out["vae_flops"], _ = count_flops(lambda: decoder.decode(latents))
+    reference = one_pass(timesteps[-1])
+    if args.fused_qkv:
+        dit.fuse_qkv()
+        out["transform_rel_err"]["fused_qkv"] = relative_error(one_pass(timesteps[-1]), reference)
+    if args.fp8:
+        out["fp8_linears"] = convert_to_fp8(dit.blocks, dit.dtype)
+        out["transform_rel_err"]["fp8"] = relative_error(one_pass(timesteps[-1]), reference)
+    del steady
+    return out
+
+
+def gemm_shapes(dit: CausalWanModel, tokens: int, fused_qkv: bool) -> list[tuple[int, int, int]]:
+    """(M, K, N) of the DiT blocks' linears for one block of `tokens` tokens."""
+    dim, ffn = dit.cfg.dim, dit.cfg.ffn_dim
+    shapes = [(tokens, dim, dim), (tokens, dim, ffn), (tokens, ffn, dim)]
+    return shapes + [(tokens, dim, 3 * dim)] if fused_qkv else shapes
+
+
+def time_passes(dit: CausalWanModel, timer: RegionTimer) -> None:
+    """Record every `forward_block` call of the pipeline as an event-timed region."""
+    forward_block = dit.forward_block
+
+    def timed(*args, commit: bool = False, **kwargs):
+        with timer.region("commit" if commit else "pass"):
+            return forward_block(*args, commit=commit, **kwargs)
+    dit.forward_block = timed
+
+
+def run_stream(pipeline: StreamingInference, timer: RegionTimer, num_blocks: int, args, image) -> dict:
+    """Stream `num_blocks` blocks; per block: passes, decode, encode, wall times."""
+    key_reads: list[float] = []
+
+    def keys():                           # read once at each block's start (live keys)
+        key_reads.append(time.perf_counter())
+        return "w"
+
+    rows = {name: [] for name in ("steps_s", "commit_s", "other_dit_s", "decode_s", "encode_s", "frames",
+                                  "key_to_frame_s", "end")}
+    opened = time.perf_counter()
+    first_frame_s = None
+    for block in pipeline.stream_generate(image, "a stone corridor", keys, num_frames=None):
+        decoded = time.perf_counter()
+        _, encode_seconds = encode_jpeg(block.frames, args.jpeg_quality)
+        end = time.perf_counter()
+        passes = [seconds for _, seconds in timer.collect()]
+        steps, commit = (passes[:-1], passes[-1]) if args.commit == "clean" else (passes, 0.0)
+        first_jpeg = decoded + encode_seconds[0]
+        first_frame_s = first_frame_s or first_jpeg - opened
+        for name, value in (("steps_s", steps), ("commit_s", commit),
+                            ("other_dit_s", block.timings["denoise"] - sum(passes)),
+                            ("decode_s", block.timings["decode"]), ("encode_s", sum(encode_seconds)),
+                            ("frames", len(block.frames)), ("key_to_frame_s", first_jpeg - key_reads[block.index]),
+                            ("end", end)):
+            rows[name].append(value)
+        if block.index + 1 == num_blocks:
+            break
+    rows["first_frame_s"] = first_frame_s
+    return rows
+
+
+def mean(values) -> float:
+    return statistics.fmean(values)
+
+
+def sig(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def summarise(rows: dict, probe: dict, ceiling: float, args) -> dict:
+    """Steady numbers over blocks 1.. of the timed stream (block 0 has 9 frames and a cold cache)."""
+    last = args.blocks
+    block_s = np.diff(rows["end"][:last])                    # wall time of blocks 1 .. last-1
+    frames = rows["frames"][1:last]
+    steps = np.array(rows["steps_s"][1:last])
+    dit_s = steps.sum(1) + np.array(rows["commit_s"][1:last]) + np.array(rows["other_dit_s"][1:last])
+    decode_s, encode_s = np.array(rows["decode_s"][1:last]), np.array(rows["encode_s"][1:last])
+    period = float(block_s.mean())
+    out = {
+        "timed_blocks": len(block_s),
+        "frames_per_block": frames[0],
+        "step_s_mean": [round(float(s), 4) for s in steps.mean(0)],
+        "commit_s_mean": round(mean(rows["commit_s"][1:last]), 4),
+        "other_dit_s_mean": round(mean(rows["other_dit_s"][1:last]), 4),
+        "decode_s_mean": round(float(decode_s.mean()), 4),
+        "encode_s_mean": round(float(encode_s.mean()), 4),
+        "block_s_mean": round(period, 4),
+        "block_s_max": round(float(block_s.max()), 4),
+        "sustained_fps": round(sum(frames) / float(block_s.sum()), 2),
+        # DiT and VAE+JPEG on separate stages/streams (the server's pipelining): the slower one sets the rate
+        "pipelined_fps_bound": round(sum(frames) / max(float(dit_s.sum()), float((decode_s + encode_s).sum())), 2),
+        "first_frame_s": round(rows["first_frame_s"], 3),
+        # keys are read at a block's start: a press waits 0 .. 1 block for the next read, then that block
+        "action_to_frame_s": {"at_read": round(mean(rows["key_to_frame_s"][1:last]), 3),
+                              "mean": round(mean(rows["key_to_frame_s"][1:last]) + period / 2, 3),
+                              "max": round(mean(rows["key_to_frame_s"][1:last]) + period, 3)},
+    }
+    flops, dit_rate = probe["dit_flops"] + probe["vae_flops"], probe["dit_flops"] / float(dit_s.mean()) / 1e12
+    out["tflops_per_block"] = {"dit": sig(probe["dit_flops"] / 1e12), "vae": sig(probe["vae_flops"] / 1e12)}
+    out["achieved_tflops"] = {"block": sig(flops / period / 1e12), "dit": sig(dit_rate)}
+    # the counted FLOPs per second over the GEMM ceiling measured in this run, in the run's dtype
+    # (bf16 runs: the bf16 limit; --fp8 runs are still measured against the bf16 GEMM rate)
+    out["fraction_of_matmul_ceiling"] = {"block": sig(flops / period / 1e12 / ceiling, 3),
+                                         "dit": sig(dit_rate / ceiling, 3)}
+    return out
+
+
+def flat_cost(rows: dict, num_blocks: int) -> dict:
+    """Mean wall time of blocks 20..24 vs the last 5 of a long stream."""
+    block_s = np.diff(rows["end"])                            # block i+1's wall time at index i
+    early = block_s[LONG_REFERENCE_BLOCK - 1:LONG_REFERENCE_BLOCK - 1 + LONG_SPAN]
+    late = block_s[-LONG_SPAN:]
+    dit = np.array([sum(s) + c for s, c in zip(rows["steps_s"], rows["commit_s"])])
+    return {"blocks": num_blocks, "reference_block": LONG_REFERENCE_BLOCK,
+            "block_s_at_reference": round(float(early.mean()), 4), "block_s_at_end": round(float(late.mean()), 4),
+            "ratio": round(float(late.mean() / early.mean()), 4),
+            "dit_passes_ratio": round(float(dit[-LONG_SPAN:].mean()
+                                            / dit[LONG_REFERENCE_BLOCK:LONG_REFERENCE_BLOCK + LONG_SPAN].mean()), 4)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dev, dtype = torch.device(args.device), DTYPES[args.dtype]
+    height, width = args.resolution
+    latent_hw = (height // SPACE_STRIDE, width // SPACE_STRIDE)
+    torch.manual_seed(0)
+    backend = sdpa_kernel(SDPA_BACKENDS[args.attention]) if args.attention != "auto" else contextlib.nullcontext()
+    with backend, torch.inference_mode():
+        start = time.perf_counter()
+        dit, vae = build_models(args, dtype, dev)
+        params = dit.num_params()
+        build_s = time.perf_counter() - start
+        schedule = FewStepSchedule.from_indices(FAST_INDICES, FAST_SHIFT)
+        probe = probe_block(dit, vae, args, latent_hw, list(schedule.timesteps))
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        tokens = 3 * (latent_hw[0] // 2) * (latent_hw[1] // 2)
+        rates = matmul_ceiling(gemm_shapes(dit, tokens, args.fused_qkv), dtype, dev)
+        if args.compile != "none":
+            dit.compile_blocks(dynamic=False, mode=None if args.compile == "default" else args.compile)
+        config = StreamConfig(height=height, width=width, commit=args.commit, sink_frames=args.sink,
+                              window_frames=args.window)
+        pipeline = StreamingInference(dit, vae, one_layer_text_encoder(dit.cfg.text_dim, dit.cfg.text_len, dev),
+                                      config)
+        timer = RegionTimer(dev)
+        time_passes(pipeline.dit, timer)
+        image = np.random.RandomState(0).randint(0, 256, (height, width, 3), dtype=np.uint8)
+        start = time.perf_counter()
+        if args.warmup:
+            run_stream(pipeline, timer, args.warmup, args, image)
+        warmup_s = time.perf_counter() - start
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        num_blocks = max(args.blocks, args.long)
+        rows = run_stream(pipeline, timer, num_blocks, args, image)
+    ceiling = max(rates.values())
+    result = {
+        "command": " ".join(sys.argv), "model": args.model,
+        "vae": "world (shipped)" if args.model == "world" else args.vae or VAE_OF_MODEL.get(args.model, "wan2.1"),
+        "resolution": [height, width], "dtype": args.dtype, "params": params, "tokens_per_block": tokens,
+        "settings": {"steps": len(schedule.timesteps), "timesteps": [round(t, 1) for t in schedule.timesteps],
+                     "sink": args.sink, "window": args.window, "commit": args.commit, "compile": args.compile,
+                     "attention": args.attention, "fused_qkv": args.fused_qkv, "fp8": args.fp8,
+                     "jpeg_quality": args.jpeg_quality},
+        "build_s": round(build_s, 2), "warmup_s": round(warmup_s, 2), "warmup_blocks": args.warmup,
+        "kv_cache_gib": round(pipeline.cache.nbytes() / 2**30, 3),
+        "matmul_tflops": rates, "matmul_ceiling_tflops": ceiling,
+        "summary": summarise(rows, probe, ceiling, args),
+        "transform_rel_err": {k: float(f"{v:.3g}") for k, v in probe["transform_rel_err"].items()},
+        "dit_tflops_by_op": {op: sig(n / 1e12) for op, n in probe["dit_flops_by_op"].items()},
+        "per_block": {"steps_s": [[round(s, 4) for s in steps] for steps in rows["steps_s"]],
+                      **{name: [round(v, 4) for v in rows[name]]
+                         for name in ("commit_s", "other_dit_s", "decode_s", "encode_s", "key_to_frame_s")},
+                      "block_s": [round(float(s), 4) for s in np.diff(rows["end"])]},
+    }
+    if args.long:
+        result["flat_cost"] = flat_cost(rows, num_blocks)
+    finish(result, dev, args.out)
+
+
+if __name__ == "__main__":
+    main()

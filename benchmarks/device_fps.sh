@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The bench_fps matrix on one H100, in one device call of <= 9 minutes (writes JSONs under $OUT,
+# prints a table last). Each run has its own time limit so a slow one cannot starve the rest;
+# a run past its limit is reported as such in the table. Two sets (the device returns at most
+# 8 files per call, so they are two calls):
+#
+#   bash benchmarks/device_fps.sh            # main: world, wan-1.3b 480p/720p, lingbot-14b 480p, flat cost
+#   bash benchmarks/device_fps.sh ablation   # wan-1.3b 480p: each switch on its own, then all, then + FP8
+#   OUT=/tmp/fps bash benchmarks/device_fps.sh smoke   # the script itself on a CPU
+#
+# Run on the device as: bash .devbundle/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/device_fps.sh
+# with LINGBOT_RT_COMMIT=<short commit> exported (the device copy's git metadata may be stale).
+set -u
+OUT=${OUT:-benchmarks/results}
+SET=${1:-main}
+export PYTHONUNBUFFERED=1
+BEST="--compile default --attention cudnn --fused-qkv --commit last_step"
+
+LOG=$OUT/device_fps.log    # one log for every run: the device returns at most 8 files
+
+bench() {   # bench NAME LIMIT_S FLAGS...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name: bench_fps.py $*" | tee -a "$LOG"
+  local begin=$SECONDS
+  timeout "$limit" python benchmarks/bench_fps.py "$@" --out "$OUT/fps_$name.json" >> "$LOG" 2>&1
+  local rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - begin))s (124 = past its ${limit}s limit)" | tee -a "$LOG"
+  [ $rc -eq 0 ] || tail -n 5 "$LOG"
+}
+
+mkdir -p "$OUT"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader
+start=$SECONDS
+case $SET in
+  main)      # limits sum to 530 s; the headline runs first
+    bench world_128 30 --model world --resolution 128x128 --warmup 2 --blocks 21
+    bench wan-1.3b_480p_eager 60 --model wan-1.3b --resolution 480p --warmup 2 --blocks 21
+    bench wan-1.3b_480p_best 90 --model wan-1.3b --resolution 480p $BEST
+    bench lingbot-14b_480p_best 170 --model lingbot-14b --resolution 480p $BEST
+    bench wan-1.3b_720p_best 100 --model wan-1.3b --resolution 720p $BEST
+    bench world_480p_long500 80 --model world --resolution 480p --warmup 2 --long 500
+    ;;
+  ablation)  # limits sum to 530 s
+    bench abl_eager 50 --model wan-1.3b --resolution 480p --warmup 2 --blocks 21
+    bench abl_cudnn 50 --model wan-1.3b --resolution 480p --warmup 2 --blocks 21 --attention cudnn
+    bench abl_fused 50 --model wan-1.3b --resolution 480p --warmup 2 --blocks 21 --fused-qkv
+    bench abl_last_step 50 --model wan-1.3b --resolution 480p --warmup 2 --blocks 21 --commit last_step
+    bench abl_compile 90 --model wan-1.3b --resolution 480p --compile default
+    bench abl_best_fp8 90 --model wan-1.3b --resolution 480p $BEST --fp8
+    bench abl_14b_best_fp8 150 --model lingbot-14b --resolution 480p $BEST --fp8 --blocks 11
+    ;;
+  smoke)      # the script itself, on a CPU, in seconds
+    bench smoke_tiny 120 --model tiny --resolution 64x64 --device cpu --dtype fp32 --warmup 1 --blocks 3
+    ;;
+  *) echo "unknown set $SET (main, ablation or smoke)"; exit 2 ;;
+esac
+echo "total $((SECONDS - start))s"
+python - "$OUT" <<'PY'
+import json, pathlib, sys
+rows = []
+for path in sorted(pathlib.Path(sys.argv[1]).glob("fps_*.json")):
+    r = json.loads(path.read_text()); s = r["summary"]; st = r["settings"]
+    rows.append((path.stem[4:], f"{r['resolution'][1]}x{r['resolution'][0]}",
+                 f"{st['commit']}/{st['compile']}/{st['attention']}{'/qkv' if st['fused_qkv'] else ''}{'/fp8' if st['fp8'] else ''}",
+                 s["sustained_fps"], s["pipelined_fps_bound"], "+".join(f"{x * 1e3:.0f}" for x in s["step_s_mean"]),
+                 f"{s['commit_s_mean'] * 1e3:.0f}", f"{s['decode_s_mean'] * 1e3:.0f}", f"{s['encode_s_mean'] * 1e3:.0f}",
+                 s["first_frame_s"], s["action_to_frame_s"]["mean"], r.get("peak_memory_gib"),
+                 s["fraction_of_matmul_ceiling"]["dit"], r.get("flat_cost", {}).get("ratio", "")))
+head = ("run", "size", "commit/compile/attn", "FPS", "pipelined", "steps ms", "commit", "decode", "jpeg",
+        "first s", "act->frame s", "GiB", "DiT/ceil", "flat")
+print(" | ".join(head))
+for row in rows:
+    print(" | ".join(str(v) for v in row))
+PY

@@ -1,0 +1,51 @@
+"""`benchmarks/bench_fps.py` on the CPU with the tiny model: the JSON has every field the
+H100 runs report, the numbers are consistent with each other, and bad flags are refused."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ("--model", "tiny", "--resolution", "64x64", "--device", "cpu", "--dtype", "fp32")
+
+
+def test_tiny_run_reports_every_field(tmp_path):
+    out = tmp_path / "fps.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_fps.py"), *TINY, "--blocks", "4", "--warmup", "1",
+                           "--long", "30", "--commit", "last_step", "--fused-qkv", "--fp8", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    summary = result["summary"]
+    for key in ("sustained_fps", "pipelined_fps_bound", "first_frame_s", "action_to_frame_s", "step_s_mean",
+                "commit_s_mean", "decode_s_mean", "encode_s_mean", "tflops_per_block", "fraction_of_matmul_ceiling"):
+        assert key in summary, key
+    assert len(summary["step_s_mean"]) == 4 and summary["commit_s_mean"] == 0.0   # last_step: 4 passes
+    assert summary["frames_per_block"] == 12 and summary["timed_blocks"] == 3
+    assert summary["sustained_fps"] == pytest.approx(12 / summary["block_s_mean"], rel=1e-2)
+    # attention is counted, not only the GEMMs
+    assert result["dit_tflops_by_op"]["aten._scaled_dot_product_flash_attention_for_cpu"] > 0
+    assert 0 < summary["fraction_of_matmul_ceiling"]["dit"] and result["matmul_ceiling_tflops"] > 0
+    assert set(result["transform_rel_err"]) == {"fused_qkv", "fp8"} and result["transform_rel_err"]["fp8"] < 0.1
+    per_block = result["per_block"]
+    assert len(per_block["steps_s"]) == 30 and len(per_block["block_s"]) == 29
+    assert result["flat_cost"]["blocks"] == 30 and result["flat_cost"]["ratio"] > 0
+    assert {"device", "torch", "commit", "command"} <= result.keys()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--resolution", "100x64"), "multiples of 16, got 100x64"),
+    (("--resolution", "4k"), "480p, 720p or HxW"),
+    (("--long", "12"), "--long must be >= 30"),
+    (("--attention", "xformers"), "invalid choice: 'xformers'"),
+])
+def test_bad_flags_are_refused(monkeypatch, capsys, flags, message):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench_fps = importlib.import_module("bench_fps")
+    with pytest.raises(SystemExit) as exit_info:
+        bench_fps.parse_args([*TINY, *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
