@@ -3,7 +3,8 @@
     lingbot-rt distill ode-pairs --teacher T --data D --vae V --out runs/pairs --num-pairs 1024
     lingbot-rt distill causal-init --teacher T --data D --vae V --pairs runs/pairs --out runs/init
     lingbot-rt distill dmd --student runs/init/student --teacher T --data D --vae V --out runs/dmd \
-        [--workers 2 --gpus-per-worker 1]
+        [--workers 2 --gpus-per-worker 1] [--strategy fsdp --activation-checkpointing]
+    torchrun --nproc_per_node=8 -m lingbot_rt.distillation.cli dmd ...     # = distillation/train_dmd.py
     lingbot-rt distill memory-plan --config lingbot-14b --gpus 8 --gpu-gb 80
 
 T is a teacher model directory (the shipped world teacher: lingbot_rt/world/weights/teacher),
@@ -17,6 +18,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from functools import partial
+
+# The seed scripts' path flags (distillation/*.py) -> this CLI's names for them
+SEED_FLAGS = {"--teacher_path": "--teacher", "--student_path": "--student", "--critic_path": "--critic",
+              "--data_path": "--data", "--vae_path": "--vae", "--output_path": "--out", "--config_path": "--config",
+              "--pairs_path": "--pairs"}
 
 
 def _device(name: str | None):
@@ -63,19 +69,20 @@ def cmd_dmd(args) -> int:
     from ..world.latents import load_conditioned_clips
     from .causal_init import STUDENT_DIR
     from .config import DMDConfig
-    from .ray_job import DMDJob, run_ray_job
-    from .trainer import DMDTrainer
-    config = replace(_load_config(DMDConfig, args.config), **_given(args, "batch_size", "steps", "minutes", "seed",
-                                                                     "generator_lr", "critic_lr"))
+    from .job import DMDJob, train_from_env
+    config = replace(_load_config(DMDConfig, args.config), **_given(
+        args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "strategy",
+        "activation_checkpointing"))
     load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips)
-    if args.workers == 0:                    # this process, no Ray
-        device = _device(args.device)
-        DMDTrainer(args.student, args.teacher, load_data(device), args.out, config, args.critic).train()
+    job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic)
+    if args.workers == 0:                    # this process, or this rank of a torchrun
+        train_from_env(job, args.device)
     else:
         import ray
+
+        from .ray_job import run_ray_job
         ray.init()                           # joins RAY_ADDRESS's cluster if set, else starts one here
-        run_ray_job(DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic),
-                    args.workers, args.gpus_per_worker)
+        run_ray_job(job, args.workers, args.gpus_per_worker)
     print(f"DMD student written to {args.out}/{STUDENT_DIR}")
     return 0
 
@@ -107,6 +114,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from .config import STRATEGIES
     sub = parser.add_subparsers(dest="distill_command", required=True)
     p = sub.add_parser("ode-pairs", help="record the teacher's ODE trajectories at the student's sigmas")
     _add_data_arguments(p)
@@ -137,6 +145,9 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--critic-lr", type=float)
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
+    p.add_argument("--strategy", choices=STRATEGIES, help="ddp: whole replicas; fsdp: FSDP2 shards (14B class)")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="recompute each DiT block in backward (student and critic)")
     p.set_defaults(func=cmd_dmd)
 
     from .memory_plan import add_arguments
@@ -148,6 +159,18 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_distill_commands(subparsers) -> argparse.ArgumentParser:
     return build(subparsers.add_parser("distill", help="distil the teacher into the 4-step block-causal student"))
+
+
+def seed_argv(argv: list[str]) -> list[str]:
+    """The seed scripts' flags as this CLI's: `--teacher_path` -> `--teacher` (SEED_FLAGS),
+    and underscores in other flag names -> dashes (`--num_pairs` -> `--num-pairs`)."""
+    out = []
+    for word in argv:
+        flag, eq, value = word.partition("=")
+        if flag.startswith("--"):
+            flag = SEED_FLAGS.get(flag, flag.replace("_", "-"))
+        out.append(flag + eq + value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ takes 4 steps at indices 0, 250, 500, 750 of the same shifted table (sigma 1.0, 
 0.50): the teacher grid's entries 0, 12, 24, 36, as CausVid and Self-Forcing record theirs.
 The DMD optimiser follows Self-Forcing (generator:critic 1:5, AdamW beta1 = 0, EMA, clip 10,
 timesteps shifted and clamped to [0.02, 0.98]) with learning rates raised for a model 200x
-smaller than Wan-1.3B (measured: docs in the run report).
+smaller than Wan-1.3B (measured: docs in the run report). Scale (`sharding.py`): `ddp` replicas
+for models that fit a GPU, `fsdp` (FSDP2) with activation checkpointing for the 14B class.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 
 from ..model.config import CacheConfig
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, FewStepSchedule, ode_grid
+
+STRATEGIES = ("ddp", "fsdp")     # whole replicas + averaged gradients, or FSDP2 shards
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,15 @@ class DMDConfig:
     log_every: int = 25
     save_every: int = 250
     seed: int = 0
+    strategy: str = "ddp"                   # one of STRATEGIES
+    activation_checkpointing: bool = False  # per DiT block, student and critic
     student: StudentSchedule = field(default_factory=StudentSchedule)
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.update_ratio < 1 or self.batch_size < 1:
             raise ValueError(f"update_ratio and batch_size must be >= 1, got {self.update_ratio}, {self.batch_size}")
         if not 0 < self.min_sigma < self.max_sigma < 1:

@@ -45,9 +45,10 @@ from ..model.config import CacheConfig, ModelConfig, model_config
 from ..model.dit import CausalWanModel
 from ..model.rollout import generate_block
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, FewStepSchedule
+from .config import STRATEGIES
+from .sharding import shard_for_training
 
 GIB = 2 ** 30
-STRATEGIES = ("ddp", "fsdp")
 MASTER_BYTES = {"fp32": (4, 4, 8), "bf16": (2, 2, 8)}   # weight, grad, AdamW (exp_avg + exp_avg_sq, fp32)
 VAE_STRIDE = 8
 EMA_PLACES = ("cpu", "gpu", "none")
@@ -497,54 +498,6 @@ def format_table(plan: dict) -> str:
 
 # ---- dry run: FSDP2 on fake tensors --------------------------------------------------------
 
-class ViaForward(torch.nn.Module):
-    """Runs the named methods of `inner` through `forward`, so FSDP's forward hooks (and
-    FSDPMemTracker's, which `register_fsdp_forward_method` bypasses) run around them; any
-    other attribute is the inner module's. State-dict names gain an `inner.` prefix."""
-
-    def __init__(self, inner: torch.nn.Module, methods: tuple[str, ...]):
-        super().__init__()
-        self.inner = inner
-        self.methods = methods
-
-    def forward(self, *args, method: str = "forward", **kwargs):
-        return getattr(self.inner, method)(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        if name in ("inner", "methods") or name.startswith("_"):
-            return super().__getattr__(name)
-        if name in self.methods:
-            return lambda *args, **kwargs: self(*args, method=name, **kwargs)
-        return getattr(self.inner, name)
-
-
-def shard_for_training(model: CausalWanModel, mesh, *, checkpointing: bool, trainable: bool) -> ViaForward:
-    """FSDP2 units: per block (activation-checkpointed if asked), per cross-attention, and the
-    root (embeddings, head); bf16 compute, fp32 gradient reduction for trained models.
-    Why a cross-attention unit: `_run_blocks` and `start_sessions` call `cross_attn.context_kv`
-    outside the block's forward, where a block unit's parameters are still sharded (one extra
-    all-gather of 4 dim^2 per block; computing text K/V inside `DiTBlock.forward` avoids it).
-    The root's `forward_block` / `start_sessions` and the cross-attention's `context_kv` run
-    through `ViaForward` (in training, `register_fsdp_forward_method` does the same with the
-    parameter names unchanged)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    # cast_forward_inputs=False: FSDP2's default casts every unit's floating inputs to bf16, which
-    # rounds the timesteps (978 -> 976, 825 -> 824), drops the fp32 residual stream to bf16 at every block,
-    # and materialises the broadcast modulation e0 [B, L, 6, dim] in bf16 per block (1.9 GiB at
-    # 32760 tokens, kept by checkpointing: 75 GiB over 40 blocks; found by this dry run).
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32 if trainable else None,
-                                  cast_forward_inputs=False)
-    for index, block in enumerate(model.blocks):
-        block.cross_attn = fully_shard(ViaForward(block.cross_attn, ("context_kv",)), mesh=mesh, mp_policy=policy)
-        model.blocks[index] = checkpoint_wrapper(block) if checkpointing else block
-        fully_shard(model.blocks[index], mesh=mesh, mp_policy=policy)
-    # The root reshards after every call: the default keeps a root's parameters gathered until
-    # its backward, which never comes for the teacher and the no-gradient rollouts.
-    return fully_shard(ViaForward(model, ("forward_block", "start_sessions")), mesh=mesh, mp_policy=policy,
-                       reshard_after_forward=True)
-
-
 def _build(cfg: ModelConfig, dtype: torch.dtype) -> CausalWanModel:
     """A DiT made in `dtype` (`.to()` cannot swap fake parameters)."""
     previous = torch.get_default_dtype()
@@ -630,9 +583,11 @@ def _sharded_networks(pc: PlanConfig, mesh, checkpointing: bool) -> torch.nn.Mod
     nets = torch.nn.Module()
     nets.teacher = torch.nn.ModuleList(
         shard_for_training(_build(cfg, torch.bfloat16).requires_grad_(False), mesh, checkpointing=False,
-                           trainable=False) for _ in range(pc.teacher_experts))
-    nets.critic = shard_for_training(_build(cfg, master), mesh, checkpointing=checkpointing, trainable=True)
-    nets.student = shard_for_training(_build(cfg, master), mesh, checkpointing=checkpointing, trainable=True)
+                           trainable=False, via_forward=True) for _ in range(pc.teacher_experts))
+    nets.critic = shard_for_training(_build(cfg, master), mesh, checkpointing=checkpointing, trainable=True,
+                                     via_forward=True)
+    nets.student = shard_for_training(_build(cfg, master), mesh, checkpointing=checkpointing, trainable=True,
+                                      via_forward=True)
     return fully_shard(nets, mesh=mesh)
 
 

@@ -1,33 +1,18 @@
 """DMD as a Ray Train job: `lingbot-rt distill dmd --workers N --gpus-per-worker 1`.
 
 Ray Train's `TorchTrainer` starts N workers, sets the torch.distributed group up in each
-(NCCL with GPUs, gloo on CPUs) and runs `train_worker`: every worker loads the conditioning
-data itself (`DMDJob.load_data(device)`), builds the same `DMDTrainer` and trains its share of
-each step's batch (`trainer.py`: gradients averaged over ranks). Rank 0 writes the run
-directory; `ray.train.report` carries each logged step's metrics to the driver.
+(NCCL with GPUs, gloo on CPUs) and runs `train_worker`, which runs the job as torchrun's ranks
+do (`job.py`: each rank loads the data and trains its share of each step's batch, under the
+config's strategy). `ray.train.report` carries each logged step's metrics to the driver. The
+workers unpickle the job, so `load_data` must be importable in them (a package function, or
+the driver's PYTHONPATH passed in Ray's runtime_env).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ..world.latents import ConditionedClips
-from .config import DMDConfig
 from .distributed import Ranks
-from .trainer import DMDTrainer
-
-
-@dataclass(frozen=True)
-class DMDJob:
-    student_dir: str
-    teacher_dir: str
-    out_dir: str
-    load_data: Callable[[torch.device], ConditionedClips]    # runs in each worker, on its device
-    config: DMDConfig = DMDConfig()
-    critic_dir: str | None = None
+from .job import DMDJob, run_job
 
 
 def train_worker(config: dict) -> None:
@@ -35,15 +20,14 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     job: DMDJob = config["job"]
-    device = ray.train.torch.get_device()
-    trainer = DMDTrainer(job.student_dir, job.teacher_dir, job.load_data(device), job.out_dir, job.config,
-                         job.critic_dir, Ranks.current())
-    trainer.train(report=ray.train.report, progress=False)
+    run_job(job, Ranks.current(), ray.train.torch.get_device(), report=ray.train.report, progress=False)
 
 
 def run_ray_job(job: DMDJob, workers: int, gpus_per_worker: float = 0.0, storage_path: str | None = None):
     """Run `job` on `workers` Ray workers (a GPU each when gpus_per_worker > 0); returns Ray
-    Train's result (its metrics: the last logged step)."""
+    Train's result (`.error` if a worker failed). The metrics stay in the run's log.jsonl:
+    Ray Train v2 keeps a report's metrics only with a Ray checkpoint, and the trainer writes
+    its own (`trainer.py`) rather than copying it into Ray's storage."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     if workers < 1:

@@ -6,8 +6,14 @@ Per rollout (one batch of clips: start image, prompt and camera path from the da
   2. one exit step s, drawn per rollout and shared by every block (and, distributed, every
      rank: draw it from a generator seeded the same on all ranks);
   3. per block: the 4-step loop of `rollout.generate_block` stopped at step s; only that pass
-     keeps the autograd graph; the block's x0 is committed by a clean pass without gradient.
+     keeps the autograd graph; the block's x0 is committed by a clean pass without gradient,
+     except the last block's, whose K/V no pass reads.
 Returns the clip's latents [B, 16, F, h, w]; a block's gradient reaches only its exit pass.
+
+Activation checkpointing recomputes a block's exit pass in backward, reading the cache again:
+the rollout must not overwrite a slot a gradient-carrying pass read (`check_recompute_safe`).
+With the last commit skipped, a clip of 21 latent frames in blocks of 3 commits 18 frames,
+which 3 sink + 15 window slots hold without evicting any.
 """
 from __future__ import annotations
 
@@ -19,14 +25,36 @@ from ..model.rollout import generate_block
 from ..model.sampler import FewStepSchedule
 
 
+def rollout_trains(name: str) -> bool:
+    """Whether the rollout gives the student's parameter `name` a gradient: not the text path
+    (text embedding, cross-attention K/V projections), which acts only through
+    `start_sessions`, run once per rollout without gradient. The trainer freezes it (no
+    gradients or optimiser states; a checkpoint then holds a state for every trained tensor)."""
+    return not name.startswith("text_embedding.") and not any(f"cross_attn.{p}." in name for p in ("k", "v", "norm_k"))
+
+
+def check_recompute_safe(cache_cfg: CacheConfig, num_frames: int) -> None:
+    """Refuse a rollout whose commits evict frames (the last block is not committed): a
+    checkpointed block recomputed in backward would read the overwritten slots and give
+    wrong gradients."""
+    last_block = (num_frames - 1) % cache_cfg.block_frames + 1
+    committed = num_frames - last_block
+    if committed > cache_cfg.cache_frames:
+        raise ValueError(f"activation checkpointing needs the rollout's committed frames ({committed} of "
+                         f"{num_frames}) to fit the KV cache ({cache_cfg.sink_frames} sink + "
+                         f"{cache_cfg.window_frames} window frames): a recomputed block would read slots "
+                         "overwritten after its forward. Shorten the clips or widen the window.")
+
+
 def student_rollout(student: CausalWanModel, context: torch.Tensor, y: torch.Tensor, control: torch.Tensor,
                     schedule: FewStepSchedule, cache_cfg: CacheConfig, generator: torch.Generator,
-                    exit_step: int | None = None) -> torch.Tensor:
+                    exit_step: int | None = None, cache_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Generate clips [B, 16, F, h, w] (F = y's latent frames) with the student streaming.
     `exit_step` None = the full schedule (inference); gradients as described above when
-    enabled by the caller."""
+    enabled by the caller. `cache_dtype`: the K/V cache's, normally the compute dtype (bf16
+    under autocast, where K/V are computed in bf16: what inference stores)."""
     batch, _, num_frames, h, w = y.shape
-    cache = student.new_cache(cache_cfg, batch, (h, w), dtype=torch.float32)
+    cache = student.new_cache(cache_cfg, batch, (h, w), dtype=cache_dtype)
     slots = list(range(batch))
     with torch.no_grad():
         student.start_sessions(cache, slots, context)
@@ -35,6 +63,8 @@ def student_rollout(student: CausalWanModel, context: torch.Tensor, y: torch.Ten
         frames = slice(start, min(start + cache_cfg.block_frames, num_frames))
         noise = torch.randn((batch, student.cfg.out_dim, frames.stop - start, h, w), generator=generator,
                             device=y.device)
+        commit = "clean" if frames.stop < num_frames else "none"
         blocks.append(generate_block(student, cache, slots, noise, schedule, y=y[:, :, frames],
-                                     control=control[:, :, frames], generator=generator, exit_step=exit_step))
+                                     control=control[:, :, frames], generator=generator, commit=commit,
+                                     exit_step=exit_step))
     return torch.cat(blocks, 2)

@@ -11,25 +11,41 @@ One step (Self-Forcing's `trainer/distillation.py` order):
   3. the critic: flow matching on the (detached) rollout, an update.
 
 Distributed: data-parallel over torch.distributed ranks (Ray Train's TorchTrainer or torchrun
-set the process group up; `distributed.py`). The student's rollout calls `forward_block`
-many times per step and writes the KV cache between them, which DDP's forward-hooked reducer
-does not follow, so gradients are averaged explicitly after each backward (one all-reduce
-per parameter tensor; small next to a rollout at these sizes). Every random draw of a step
-comes from generators seeded by (seed, step) and (seed, step, rank): resuming at step n draws
-what an uninterrupted run draws, on every rank, without saving RNG states.
+set the process group up; `distributed.py`), in one of two layouts (`config.strategy`,
+`sharding.py`):
+* `ddp`: every rank holds the three models whole. The student's rollout calls `forward_block`
+  (not `forward`) many times per step and writes the KV cache between the calls; DDP's reducer
+  is armed by `forward` and expects one forward per backward, so it would not follow: gradients
+  are averaged explicitly after each backward (one all-reduce per parameter tensor; small next
+  to a rollout at these sizes). The EMA is a whole copy on the device.
+* `fsdp`: FSDP2 shards of the student, critic and teacher, loaded straight into shards;
+  gradients are reduce-scattered in backward, the EMA is sharded like the student.
+Both compute in bf16 on GPUs (autocast; FSDP2's param dtype) and fp32 on the CPU, and may
+checkpoint activations per DiT block (`config.activation_checkpointing`). Every random draw of
+a step comes from generators seeded by (seed, step) and (seed, step, rank): resuming at step n
+draws what an uninterrupted run draws, on every rank, without saving RNG states.
 
-Run directory: `checkpoint.pt` (student, EMA, critic, both optimisers, step; atomic),
-`log.jsonl`, `train_config.json`, `student/` (the EMA weights, a model directory).
+Run directory: `checkpoint/step_N/` (student, EMA, critic, both optimisers, step: a
+torch.distributed.checkpoint save, sharded per rank and keyed by parameter names, so it loads
+into another world size (tested: 2 ranks into 1); complete once its `.metadata` exists, older
+saves are removed after a complete one), `log.jsonl`, `train_config.json`, `student/`
+(the EMA weights, a model directory).
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 
 from ..model.checkpoint import load_model, save_model
 from ..model.dit import CausalWanModel
@@ -39,11 +55,12 @@ from .causal_init import STUDENT_DIR
 from .config import DMDConfig
 from .distributed import Ranks, average_gradients
 from .dmd import critic_loss, dmd_loss, sample_sigma
-from .self_forcing import student_rollout
+from .self_forcing import check_recompute_safe, rollout_trains, student_rollout
+from .sharding import ShardedEMA, checkpoint_blocks, load_sharded, set_trainable
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint"
 
 
 def step_generator(seed: int, step: int, device, rank: int | None = None) -> torch.Generator:
@@ -59,59 +76,120 @@ class DMDTrainer:
                  config: DMDConfig = DMDConfig(), critic_dir: str | Path | None = None, ranks: Ranks = Ranks()):
         self.config, self.data, self.ranks, self.out = config, data, ranks, Path(out_dir)
         self.device = data.x0.device
+        # bf16 compute on GPUs (where the student streams in bf16), fp32 on the CPU (exact tests)
+        self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.schedule, self.cache_cfg = config.student.schedule(), config.student.cache()
+        if config.activation_checkpointing:
+            check_recompute_safe(self.cache_cfg, data.y.shape[2])
         torch.manual_seed(config.seed)
-        self.student = load_model(student_dir, dtype=torch.float32, device=self.device).train()
-        self.teacher = load_model(teacher_dir, dtype=torch.float32, device=self.device).eval().requires_grad_(False)
-        self.critic = load_model(critic_dir or teacher_dir, dtype=torch.float32, device=self.device).train()
+        critic_dir = critic_dir or teacher_dir
+        if config.strategy == "fsdp":
+            self._load_sharded(student_dir, teacher_dir, critic_dir)
+        else:
+            self._load_replicas(student_dir, teacher_dir, critic_dir)
+        self.student.train()
+        self.critic.train()
+        self.teacher.eval()
         for name, model in (("student", self.student), ("critic", self.critic)):
             if model.cfg != self.teacher.cfg:
                 raise ValueError(f"the {name} ({model.cfg}) and the teacher ({self.teacher.cfg}) differ in shape")
-        self.ema = EMA(self.student, config.ema_decay)
-        self.generator_optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.generator_lr,
+        trained = [p for p in self.student.parameters() if p.requires_grad]
+        self.generator_optimizer = torch.optim.AdamW(trained, lr=config.generator_lr,
                                                      betas=config.betas, weight_decay=config.weight_decay)
         self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr,
                                                   betas=config.betas, weight_decay=config.weight_decay)
-        self.schedule, self.cache_cfg = config.student.schedule(), config.student.cache()
-        self.step = 0
-        self.sources = {"student": str(student_dir), "teacher": str(teacher_dir),
-                        "critic": str(critic_dir or teacher_dir)}
+        self.step = self.saved_step = 0
+        self.sources = {"student": str(student_dir), "teacher": str(teacher_dir), "critic": str(critic_dir)}
+
+    def _load_replicas(self, student_dir, teacher_dir, critic_dir) -> None:
+        """ddp: the three models whole on this device; the EMA a whole copy of the student."""
+        load = partial(load_model, dtype=torch.float32, device=self.device)
+        self.student = set_trainable(load(student_dir), rollout_trains)
+        self.critic, self.teacher = load(critic_dir), load(teacher_dir).requires_grad_(False)
+        self.ema = EMA(self.student, self.config.ema_decay)       # before checkpointing: a plain model
+        if self.config.activation_checkpointing:
+            checkpoint_blocks(self.student)
+            checkpoint_blocks(self.critic)
+
+    def _load_sharded(self, student_dir, teacher_dir, critic_dir) -> None:
+        """fsdp: FSDP2 shards over every rank of the process group; the EMA sharded alike."""
+        from torch.distributed.device_mesh import init_device_mesh
+        if not dist.is_initialized():
+            raise ValueError("strategy 'fsdp' needs a torch.distributed process group: run under torchrun "
+                             "or as Ray Train workers (--workers N)")
+        mesh = init_device_mesh(self.device.type, (self.ranks.world_size,))
+        load = partial(load_sharded, mesh=mesh, device=self.device, param_dtype=self.compute_dtype)
+        checkpointing = self.config.activation_checkpointing
+        self.student = load(student_dir, checkpointing=checkpointing, trains=rollout_trains)
+        self.critic = load(critic_dir, checkpointing=checkpointing, trains=lambda name: True)
+        self.teacher = load(teacher_dir, checkpointing=False, trains=lambda name: False)
+        self.ema = ShardedEMA(self.student, self.config.ema_decay)
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "student": self.student.state_dict(), "ema": self.ema.model.state_dict(),
-                "critic": self.critic.state_dict(), "generator_optimizer": self.generator_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict()}
+        """The run's state for torch.distributed.checkpoint (this object is its `Stateful`):
+        models and optimiser states keyed by parameter names, DTensor shards under fsdp."""
+        student, generator_optimizer = get_state_dict(self.student, self.generator_optimizer)
+        critic, critic_optimizer = get_state_dict(self.critic, self.critic_optimizer)
+        ema = self.ema.state_dict() if isinstance(self.ema, ShardedEMA) else self.ema.model.state_dict()
+        return {"step": self.step, "student": student, "ema": ema, "critic": critic,
+                "generator_optimizer": generator_optimizer, "critic_optimizer": critic_optimizer}
+
+    def load_state_dict(self, state: dict) -> None:
+        """After `dcp.load` filled `state` (the EMA's tensors in place)."""
+        set_state_dict(self.student, self.generator_optimizer, model_state_dict=state["student"],
+                       optim_state_dict=state["generator_optimizer"])
+        set_state_dict(self.critic, self.critic_optimizer, model_state_dict=state["critic"],
+                       optim_state_dict=state["critic_optimizer"])
+        self.step = self.saved_step = state["step"]
+
+    def _saves(self) -> list[Path]:
+        """Complete saves, oldest first (rank 0 writes `.metadata` after every rank's files)."""
+        return sorted(p for p in (self.out / CHECKPOINT).glob("step_*") if (p / ".metadata").is_file())
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint (a temporary file, then renamed: never torn)."""
-        if self.ranks.rank != 0:
+        """Every rank writes its part (collective); then rank 0 removes the other saves."""
+        if self.saved_step == self.step and self._saves():
             return
-        path = self.out / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        target = self.out / CHECKPOINT / f"step_{self.step:08d}"
+        dcp.save({"run": self}, checkpoint_id=target, no_dist=not dist.is_initialized())
+        self.saved_step = self.step
+        if self.ranks.rank == 0:
+            for other in (self.out / CHECKPOINT).glob("step_*"):
+                if other != target:
+                    shutil.rmtree(other)
 
     def resume(self) -> bool:
-        path = self.out / CHECKPOINT
-        if not path.is_file():
+        saves = self._saves()
+        if not saves and (self.out / "checkpoint.pt").is_file():
+            raise ValueError(f"{self.out} holds a checkpoint.pt of the earlier single-file format, which this "
+                             f"trainer does not read (it saves {CHECKPOINT}/step_N/): start a new --out")
+        if not saves:
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.student.load_state_dict(state["student"])
-        self.ema.model.load_state_dict(state["ema"])
-        self.critic.load_state_dict(state["critic"])
-        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.step = state["step"]
+        dcp.load({"run": self}, checkpoint_id=saves[-1], no_dist=not dist.is_initialized())
         return True
+
+    def export_student(self) -> None:
+        """The EMA weights as a model directory, `student/` (gathered under fsdp: a collective)."""
+        if isinstance(self.ema, ShardedEMA):
+            state = self.ema.full_state_dict()
+            with torch.device("meta"):
+                model = CausalWanModel(self.teacher.cfg)
+            model.load_state_dict(state, assign=True)
+        else:
+            model = self.ema.model
+        if self.ranks.rank == 0:
+            save_model(model, self.out / STUDENT_DIR, class_name="WanModelFast")
 
     # ---- one step -----------------------------------------------------------------------
     def _update(self, model: CausalWanModel, optimizer, loss: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(model, self.ranks)
+        if self.config.strategy == "ddp":         # fsdp: reduce-scattered during backward
+            average_gradients(model, self.ranks)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
         optimizer.step()
-        return grad_norm
+        return grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
 
     def train_step(self) -> dict:
         config, data, device = self.config, self.data, self.device
@@ -127,7 +205,8 @@ class DMDTrainer:
         generator_step = self.step % config.update_ratio == 0
         with autocast, torch.set_grad_enabled(generator_step):
             x = student_rollout(self.student, data.context[index], data.y[index], data.control[index],
-                                self.schedule, self.cache_cfg, local, exit_step=exit_step)
+                                self.schedule, self.cache_cfg, local, exit_step=exit_step,
+                                cache_dtype=self.compute_dtype)
         if generator_step:
             sigma = sample_sigma(len(index), shift, low, high, local, device)
             noise = torch.randn(x.shape, generator=local, device=device)
@@ -172,7 +251,7 @@ class DMDTrainer:
                 if self.step % config.save_every == 0:
                     self.save()
         self.save()
+        self.export_student()
         if self.ranks.rank == 0:
-            save_model(self.ema.model, self.out / STUDENT_DIR, class_name="WanModelFast")
             log.info("DMD student at step %d written to %s", self.step, self.out / STUDENT_DIR)
         return self.out

@@ -7,7 +7,8 @@ Per block (Self-Forcing / LingBot-World-Fast, consistency-style sampling):
   2. For each step k: v = DiT(x, t_k) reading the cache (no write); x0 = x - sigma_k * v;
      unless last: x = (1 - sigma_{k+1}) * x0 + sigma_{k+1} * fresh noise.
   3. Commit: a t = 0 pass on x0 writes the block's K/V ("clean", upstream's 5th forward), or
-     the last denoising pass already wrote them ("last_step": 4 forwards, vllm-omni PR #7816).
+     the last denoising pass already wrote them ("last_step": 4 forwards, vllm-omni PR #7816),
+     or nothing is written ("none": the last block of a training rollout, read by no one).
 
 Training (Self-Forcing) stops a block early at a random `exit_step` and keeps the autograd
 graph of that one pass only: the earlier passes and the commit run without gradient, so no
@@ -23,7 +24,7 @@ from .dit import CausalWanModel
 from .kv_cache import KVCache
 from .sampler import FewStepSchedule
 
-COMMIT_MODES = ("clean", "last_step")
+COMMIT_MODES = ("clean", "last_step")      # how a stream commits; training rollouts also skip ("none")
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -45,10 +46,10 @@ def generate_block(model: CausalWanModel, cache: KVCache, slot_ids: list[int], n
     returns the clean latents x0 [B, 16, Fb, H, W] float32. `generator` draws the re-noising:
     one for the batch, or one per session (see `randn`). `exit_step` (training): return the x0
     of that step instead of the last one; only that pass records gradients (when enabled)."""
-    if commit not in COMMIT_MODES:
-        raise ValueError(f"commit must be one of {COMMIT_MODES}, got {commit!r}")
+    if commit not in (*COMMIT_MODES, "none"):
+        raise ValueError(f"commit must be one of {(*COMMIT_MODES, 'none')}, got {commit!r}")
     last = len(schedule.sigmas) - 1
-    if exit_step is not None and not (0 <= exit_step <= last and (commit == "clean" or exit_step == last)):
+    if exit_step is not None and not (0 <= exit_step <= last and (commit != "last_step" or exit_step == last)):
         raise ValueError(f"exit_step must be in [0, {last}] (and {last} with commit='last_step'), got {exit_step}")
     stop = last if exit_step is None else exit_step
     batch, device = noise.shape[0], noise.device

@@ -1,6 +1,7 @@
 """Tiny random models and synthetic conditioned clips for the distillation tests (CPU, seconds)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -40,3 +41,10 @@ def synthetic_clips(num: int = 4, seed: int = 0) -> ConditionedClips:
         control=torch.randn(num, cfg.control_channels, NUM_FRAMES, *LATENT_HW, generator=g).to(torch.bfloat16),
         context=torch.randn(num, cfg.text_len, cfg.text_dim, generator=g).to(torch.bfloat16),
         empty_context=torch.zeros(cfg.text_len, cfg.text_dim, dtype=torch.bfloat16))
+
+
+def load_clips(device: torch.device) -> ConditionedClips:
+    """A DMDJob's `load_data`: the synthetic clips on this rank's device (module level, so
+    worker processes can unpickle it)."""
+    clips = synthetic_clips(4)
+    return ConditionedClips(**{f.name: getattr(clips, f.name).to(device) for f in dataclasses.fields(clips)})

@@ -233,7 +233,7 @@ def test_dmd_resumes_bit_identically(dirs, data, tmp_path):
     straight.train(progress=False)
     first = DMDTrainer(*dirs, data, tmp_path / "resumed", DMDConfig(**{**DMD.__dict__, "steps": 2}))
     first.train(progress=False)
-    assert (tmp_path / "resumed" / CHECKPOINT).is_file()
+    assert (tmp_path / "resumed" / CHECKPOINT / "step_00000002" / ".metadata").is_file()
     second = DMDTrainer(*dirs, data, tmp_path / "resumed", DMD)
     second.train(progress=False)
     assert second.step == straight.step == 4
