@@ -13,6 +13,7 @@ subcommand sets `func(args) -> exit code`.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def cmd_gen_data(args) -> int:
