@@ -25,7 +25,6 @@ in the same run: their ratio is the fraction of the limit.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -145,7 +144,6 @@ def probe_block(dit: CausalWanModel, vae: WanVAE, args, latent_hw, timesteps: li
     if args.fp8:
         out["fp8_linears"] = convert_to_fp8(dit.blocks, dit.dtype)
         out["transform_rel_err"]["fp8"] = relative_error(one_pass(timesteps[-1]), reference)
-    del steady
     return out
 
 
@@ -154,6 +152,19 @@ def gemm_shapes(dit: CausalWanModel, tokens: int, fused_qkv: bool) -> list[tuple
     dim, ffn = dit.cfg.dim, dit.cfg.ffn_dim
     shapes = [(tokens, dim, dim), (tokens, dim, ffn), (tokens, ffn, dim)]
     return shapes + [(tokens, dim, 3 * dim)] if fused_qkv else shapes
+
+
+def use_attention_backend(dit: CausalWanModel, name: str) -> None:
+    """Run the DiT's streaming passes under one SDPA backend (not the VAE's attention, whose
+    shapes some backends refuse)."""
+    if name == "auto":
+        return
+    forward_block = dit.forward_block
+
+    def forward_block_with(*args, **kwargs):
+        with sdpa_kernel(SDPA_BACKENDS[name]):
+            return forward_block(*args, **kwargs)
+    dit.forward_block = forward_block_with
 
 
 def time_passes(dit: CausalWanModel, timer: RegionTimer) -> None:
@@ -263,10 +274,10 @@ def main(argv=None):
     height, width = args.resolution
     latent_hw = (height // SPACE_STRIDE, width // SPACE_STRIDE)
     torch.manual_seed(0)
-    backend = sdpa_kernel(SDPA_BACKENDS[args.attention]) if args.attention != "auto" else contextlib.nullcontext()
-    with backend, torch.inference_mode():
+    with torch.inference_mode():
         start = time.perf_counter()
         dit, vae = build_models(args, dtype, dev)
+        use_attention_backend(dit, args.attention)
         params = dit.num_params()
         build_s = time.perf_counter() - start
         schedule = FewStepSchedule.from_indices(FAST_INDICES, FAST_SHIFT)
