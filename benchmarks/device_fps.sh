@@ -8,7 +8,7 @@
 #   bash benchmarks/device_fps.sh ablation   # wan-1.3b 480p: each switch on its own, then all, then + FP8
 #   OUT=/tmp/fps bash benchmarks/device_fps.sh smoke   # the script itself on a CPU
 #
-# Run on the device as: bash .devbundle/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/device_fps.sh
+# Run on the device as: bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/device_fps.sh
 # with LINGBOT_RT_COMMIT=<short commit> exported (the device copy's git metadata may be stale).
 set -u
 OUT=${OUT:-benchmarks/results}

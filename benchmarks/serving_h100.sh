@@ -7,6 +7,7 @@
 #   3. `lingbot-rt serve` with the wan-1.3b release (last-step commit): a ramp 1, 2 players.
 # Needs the gRPC/aiohttp/matplotlib wheels the device's torch environment lacks, and a pose probe:
 #   bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && PROBE=out/dev2/probe.pt bash benchmarks/serving_h100.sh
+# (.devlean/: bash benchmarks/device_lean_bundle.sh; the probe: an eval run's probe.pt)
 # (DUR, RAMP, RAMP_DUR, ROLL_MIN, WAN, WAN_SIZE shrink it for a CPU smoke run.)
 set -u
 OUT=${OUT:-benchmarks/results/serving_h100}; PROBE=${PROBE:?a pose probe, the probe.pt of an eval run}
