@@ -4,7 +4,7 @@
 #      30 s each, then a ramp 1, 2, 4, ... 32 players (20 s a step) to the 16-fps capacity;
 #   2. meanwhile, off the serving GPU's clock: a random wan-1.3b release at 480x832 is written, the
 #      shipped student's 10-minute long rollout and its held-out evaluation run;
-#   3. `lingbot-rt serve` with the wan-1.3b release (last-step commit): a ramp 1, 2 players.
+#   3. `lingbot-rt serve` with the wan-1.3b release ($WAN_FLAGS): a ramp 1, 2 players.
 # Needs the gRPC/aiohttp/matplotlib wheels the device's torch environment lacks, and a pose probe:
 #   bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && PROBE=out/dev2/probe.pt bash benchmarks/serving_h100.sh
 # (.devlean/: bash benchmarks/device_lean_bundle.sh; the probe: an eval run's probe.pt)
@@ -13,6 +13,7 @@ set -u
 OUT=${OUT:-benchmarks/results/serving_h100}; PROBE=${PROBE:?a pose probe, the probe.pt of an eval run}
 DUR=${DUR:-30s}; RAMP=${RAMP:-1..32x2}; RAMP_DUR=${RAMP_DUR:-20s}; ROLL_MIN=${ROLL_MIN:-10}
 WAN=${WAN:-wan-1.3b}; WAN_SIZE=${WAN_SIZE:-480x832}; DEVICE=${DEVICE:-cuda}
+WAN_FLAGS=${WAN_FLAGS:---commit last_step --compile default --fused-qkv}   # the results at d15782b: --commit last_step only
 cli="python -m lingbot_rt.cli"; world="python -m lingbot_rt.world.cli"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -69,8 +70,7 @@ python -c "import json, sys; r = json.load(open(sys.argv[1])); print('long rollo
 'all within bounds:', r['all_within_bounds'])" "$OUT/long_rollout_10min/long_rollout.json"
 
 stamp "$WAN $WAN_SIZE: ramp"
-printf 'commit: last_step\n' > runs/wan_stream.yaml
-serve wan --checkpoint runs/wan --config runs/wan_stream.yaml --max-sessions 4 --max-batch 4 --max-waiting 0 || exit 1
+serve wan --checkpoint runs/wan $WAN_FLAGS --max-sessions 4 --max-batch 4 --max-waiting 0 || exit 1
 loadtest "${WAN}_${WAN_SIZE}_ramp" --ramp 1,2 --duration "$RAMP_DUR" --target-fps 16
 stop
 stamp done

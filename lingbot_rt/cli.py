@@ -45,12 +45,11 @@ def cmd_inspect_checkpoint(args) -> int:
 
 
 def _stream_config(args):
-    from dataclasses import replace
-
     from .pipeline import StreamConfig
     from .pipeline.release import release_stream_config
     config = StreamConfig.from_yaml(args.config) if args.config else release_stream_config(args.checkpoint)
-    return replace(config, height=args.height or config.height, width=args.width or config.width)
+    return config.with_overrides(height=args.height, width=args.width, commit=args.commit, compile=args.compile,
+                                 fused_qkv=args.fused_qkv or None)
 
 
 def _load_pipeline(args, config):
@@ -112,7 +111,8 @@ def cmd_serve(args) -> int:
     app = ServeAppArgs(
         # Serve's replicas may run elsewhere than this directory: give them an absolute path
         checkpoint=str(Path(args.checkpoint).absolute()) if args.ingress == "serve" else args.checkpoint,
-        config=args.config, height=args.height, width=args.width, max_sessions=args.max_sessions,
+        config=args.config, height=args.height, width=args.width, commit=args.commit, compile=args.compile,
+        fused_qkv=args.fused_qkv, max_sessions=args.max_sessions,
         stages=args.stages, device=args.device, dtype=str(args.dtype).removeprefix("torch.") if args.dtype else None,
         text_device=args.text_device,
         scheduler=SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting, pace=args.pace,
@@ -178,6 +178,8 @@ def cmd_play(args) -> int:
 
 def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | None = None) -> None:
     """Options shared by the commands that load a release and stream from it."""
+    from .model.rollout import COMMIT_MODES
+    from .pipeline.streaming import COMPILE_MODES
     p.add_argument("--checkpoint", required=checkpoint_default is None, default=checkpoint_default,
                    help="release root (lingbot_world_fast/, VAE, umT5, tokenizer)")
     p.add_argument("--config", help="StreamConfig YAML (schedule, cache window, size, fps)")
@@ -186,6 +188,10 @@ def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | N
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--text-device", help="device of the text encoder (default: --device)")
     p.add_argument("--dtype", type=_dtype, help="DiT dtype (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--commit", choices=COMMIT_MODES, help="how a block enters the KV cache: a clean pass (5 "
+                   "forwards per block) or the last denoising pass (4); default: the stream config's")
+    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the DiT block (an inductor mode)")
+    p.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
 
 
 def build_parser() -> argparse.ArgumentParser:

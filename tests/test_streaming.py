@@ -249,3 +249,30 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_fused_qkv_and_compile_options_transform_the_pipelines_dit(release):
+    """The serving options: `fused_qkv` streams the same frames; `compile` compiles every block
+    (compiled lazily at the first pass, which this CPU test does not run)."""
+    plain = StreamingInference.from_release(release, StreamConfig(), dtype=torch.float32)
+    fused = StreamingInference.from_release(release, StreamConfig(fused_qkv=True), dtype=torch.float32)
+    assert all(block.self_attn.qkv_fused is not None for block in fused.dit.blocks)
+    for a, b in zip(run(plain, num_frames=21), run(fused, num_frames=21)):
+        np.testing.assert_allclose(a.frames.astype(np.int16), b.frames.astype(np.int16), atol=1)
+    compiled = StreamingInference.from_release(release, StreamConfig(compile="reduce-overhead"), dtype=torch.float32)
+    assert all(block._compiled_call_impl is not None for block in compiled.dit.blocks)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        StreamConfig(compile="fast")
+
+
+def test_command_line_stream_options_override_the_release_config(release):
+    from lingbot_rt.cli import _stream_config, build_parser
+    args = build_parser().parse_args(["generate", "--checkpoint", str(release), "--image", "x.png", "--prompt", "p",
+                                      "--actions", "w-4", "--out", "o.mp4", "--commit", "last_step",
+                                      "--compile", "default", "--fused-qkv", "--height", "32"])
+    config = _stream_config(args)
+    assert (config.commit, config.compile, config.fused_qkv, config.height, config.width) == \
+        ("last_step", "default", True, 32, 64)
+    unchanged = _stream_config(build_parser().parse_args(["generate", "--checkpoint", str(release), "--image", "x.png",
+                                                          "--prompt", "p", "--actions", "w-4", "--out", "o.mp4"]))
+    assert (unchanged.commit, unchanged.compile, unchanged.fused_qkv) == ("clean", "off", False)

@@ -48,6 +48,9 @@ class CapacityError(RuntimeError):
     """No free session slot: every KV cache row is in use."""
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """How a release streams. Sizes of None take the release's native size."""
@@ -61,12 +64,16 @@ class StreamConfig:
     sink_frames: int = 3
     window_frames: int = 15
     commit: str = "clean"                                # or "last_step": 4 forwards per block
+    compile: str = "off"                                 # torch.compile of the DiT block: off or an inductor mode
+    fused_qkv: bool = False                              # one QKV GEMM per self-attention
     max_sessions: int = 1
     intrinsics: tuple[float, float, float, float] = DEFAULT_INTRINSICS   # in 480x832 pixels
 
     def __post_init__(self):
         if self.commit not in COMMIT_MODES:
             raise ValueError(f"commit must be one of {COMMIT_MODES}, got {self.commit!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.max_sessions < 1 or self.fps < 1:
             raise ValueError(f"max_sessions and fps must be >= 1, got {self.max_sessions}, {self.fps}")
         for size in (self.height, self.width):
@@ -79,6 +86,10 @@ class StreamConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "StreamConfig":
         return load_config(cls, path)
+
+    def with_overrides(self, **fields) -> "StreamConfig":
+        """This config with the given fields that are not None replaced (command-line options)."""
+        return replace(self, **{name: value for name, value in fields.items() if value is not None})
 
     def schedule(self) -> FewStepSchedule:
         return FewStepSchedule.from_indices(self.schedule_indices, self.shift)
@@ -153,6 +164,10 @@ class StreamingInference:
         if dit.cfg.control_type is None:
             raise ValueError("this DiT has no camera path: it cannot be steered")
         self.dit, self.vae, self.text_encoder, self.config = dit.eval(), vae.eval(), text_encoder, config
+        if config.fused_qkv:                 # inference transforms of the DiT this pipeline owns from here
+            dit.fuse_qkv()
+        if config.compile != "off":
+            dit.compile_blocks(mode=None if config.compile == "default" else config.compile)
         self.height, self.width = config.height, config.width
         self.latent_hw = (self.height // SPACE_STRIDE, self.width // SPACE_STRIDE)
         self.schedule = config.schedule()

@@ -58,9 +58,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -94,6 +93,9 @@ class ServeAppArgs:
     config: str | None = None            # StreamConfig YAML (schedule, cache window, size, fps)
     height: int | None = None            # None: the release's
     width: int | None = None
+    commit: str | None = None            # None: the stream config's ("clean" or "last_step")
+    compile: str | None = None           # None: the stream config's; an inductor mode compiles the DiT block
+    fused_qkv: bool = False              # one QKV GEMM per self-attention
     max_sessions: int = 4                # KV-cache slots per replica: sessions playing at once
     stages: str = "in-process"           # or "ray": the DiT and VAE stages in two Ray actors
     device: str | None = None            # in-process stages; None: cuda when the replica has a GPU
@@ -130,8 +132,8 @@ def load_executor(args: ServeAppArgs) -> Executor:
     from ..pipeline import StreamConfig, StreamingInference
     from ..pipeline.release import release_stream_config
     config = StreamConfig.from_yaml(args.config) if args.config else release_stream_config(args.checkpoint)
-    config = replace(config, height=args.height or config.height, width=args.width or config.width,
-                     max_sessions=args.max_sessions)
+    config = config.with_overrides(height=args.height, width=args.width, commit=args.commit, compile=args.compile,
+                                   fused_qkv=args.fused_qkv or None, max_sessions=args.max_sessions)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     if args.stages == "in-process":
         from .executor import InProcessExecutor
