@@ -61,8 +61,8 @@ def dmd_loss(x: torch.Tensor, teacher: CausalWanModel, critic: CausalWanModel, d
     weight = (x64 - x0_real.double()).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
     grad = torch.nan_to_num((x0_fake.double() - x0_real.double()) / weight)
     loss = 0.5 * F.mse_loss(x64, (x64 - grad).detach(), reduction="mean")
-    return loss.float(), {"dmd_grad_norm": grad.norm().item() / x.shape[0] ** 0.5,
-                          "real_fake_gap": (x0_fake - x0_real).abs().mean().item()}
+    return loss.float(), {"dmd_grad_norm": grad.norm().detach() / x.shape[0] ** 0.5,
+                          "real_fake_gap": (x0_fake - x0_real).abs().mean().detach()}
 
 
 def critic_loss(critic: CausalWanModel, x: torch.Tensor, data: ConditionedClips, index: torch.Tensor,

@@ -32,20 +32,23 @@ Results and findings: benchmarks/results/distill_memory_plan.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import warnings
-import weakref
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from ..model.config import CacheConfig, ModelConfig, model_config
 from ..model.dit import CausalWanModel
-from ..model.rollout import generate_block
-from ..model.sampler import NUM_TRAIN_TIMESTEPS, FewStepSchedule
+from ..model.kv_cache import KVCache
+from ..model.sampler import FewStepSchedule
+from ..world.latents import ConditionedClips
 from .config import STRATEGIES
+from .dmd import critic_loss, dmd_loss
+from .self_forcing import student_rollout
 from .sharding import shard_for_training
 
 GIB = 2 ** 30
@@ -293,7 +296,7 @@ def measure_transients(cfg: ModelConfig, grid: tuple[int, int, int], batch: int,
     from ..model.rope import rotary_for_frames
     f, h, w = grid
     tokens = f * h * w
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with FakeTensorMode(allow_non_fake_inputs=True), _views_outside_fake_mode():
         model = _build(cfg.replace(num_layers=1), torch.bfloat16)   # MemTracker hooks need requires_grad
         lat = (batch, cfg.out_dim, f, 2 * h, 2 * w)
         x, y = torch.randn(lat), torch.randn(batch, cfg.in_dim - cfg.out_dim, *lat[2:])
@@ -304,7 +307,6 @@ def measure_transients(cfg: ModelConfig, grid: tuple[int, int, int], batch: int,
             model_forward = _peak_above_start(lambda: model(x, t, context, y, control), model, *inputs)
             cache = model.new_cache(CacheConfig(block_frames=f, sink_frames=0, window_frames=cache_frames),
                                     batch, (2 * h, 2 * w), dtype=torch.bfloat16)
-            _view_outside_fake_mode(cache)
             slots = list(range(batch))
             model.start_sessions(cache, slots, context)
             cache.advance(slots, cache_frames)
@@ -547,7 +549,7 @@ def dry_run(pc: PlanConfig, *, checkpointing: bool = True) -> dict:
     dist.init_process_group("fake", rank=0, world_size=pc.num_gpus, store=FakeStore())
     try:
         mesh = init_device_mesh("cpu", (pc.num_gpus,))      # outside fake mode: it holds real rank ids
-        with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True):
+        with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True), _views_outside_fake_mode():
             # the cross-attention unit returns its text K/V as views; nothing writes them in place
             warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
             nets = _sharded_networks(pc, mesh, checkpointing)
@@ -604,81 +606,61 @@ class _Rollout(torch.nn.Module):
         return self.run()
 
 
-def _view_outside_fake_mode(cache) -> None:
-    """`KVCache.view` decides on index values (which slots are visible): build its small
-    index and rotary tensors as real ones (not tracked: a few MB at 14B). The patch holds the
-    cache weakly: a cycle would keep the whole cache alive after the rollout (until a gc)."""
+@contextlib.contextmanager
+def _views_outside_fake_mode():
+    """`KVCache.view` decides on index values (which slots are visible): while the dry run
+    lasts, build its small index and rotary tensors as real ones (not tracked: a few MB at 14B)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
-    view, owner = type(cache).view, weakref.ref(cache)
+    view = KVCache.view
 
     def real(*args, **kwargs):
         with unset_fake_temporarily():
-            return view(owner(), *args, **kwargs)
-    cache.view = real
+            return view(*args, **kwargs)
+    KVCache.view = real
+    try:
+        yield
+    finally:
+        KVCache.view = view
 
 
 class _DryStep:
-    """The two phases of a DMD step, with fake inputs of the plan's shapes (batch B per rank)."""
+    """The two phases of a DMD step (`self_forcing.student_rollout`, `dmd.dmd_loss`,
+    `dmd.critic_loss`, as the trainer runs them) on fake clips of the plan's shapes (batch B
+    per rank), at one noise level."""
 
     def __init__(self, pc: PlanConfig, nets: torch.nn.Module):
         cfg, self.pc, self.nets = pc.model, pc, nets
+        if cfg.control_type is None:
+            raise ValueError(f"the dry run trains a steered student: {pc.config!r} has no camera/action control")
         self.cache_cfg = CacheConfig(pc.block_frames, pc.sink_frames, pc.window_frames)
         self.schedule = FewStepSchedule.from_indices()
         f, h, w = pc.grid()
         lat = (pc.batch, cfg.out_dim, f, 2 * h, 2 * w)
-        self.noise = torch.randn(lat)
-        self.y = torch.randn(pc.batch, cfg.in_dim - cfg.out_dim, *lat[2:])
-        self.control = torch.randn(pc.batch, cfg.control_channels, *lat[2:]) if cfg.control_type else None
-        self.context = torch.randn(pc.batch, cfg.text_len, cfg.text_dim)
-        self.inputs = tuple(t for t in (self.noise, self.y, self.control, self.context) if t is not None)
+        self.data = ConditionedClips(
+            x0=torch.randn(lat), y=torch.randn(pc.batch, cfg.in_dim - cfg.out_dim, *lat[2:]),
+            control=torch.randn(pc.batch, cfg.control_channels, *lat[2:]),
+            context=torch.randn(pc.batch, cfg.text_len, cfg.text_dim), empty_context=torch.zeros(cfg.text_len, cfg.text_dim))
+        self.index = torch.arange(pc.batch)
+        self.sigma = torch.full((pc.batch,), 0.5)
+        self.generator = torch.Generator().manual_seed(0)
+        self.inputs = (self.data.y, self.data.control, self.data.context)
 
     def rollout(self) -> torch.Tensor:
-        student, pc = self.nets.student, self.pc
-        cache = student.new_cache(self.cache_cfg, pc.batch, tuple(self.noise.shape[3:]), dtype=torch.bfloat16)
-        _view_outside_fake_mode(cache)
-        slots = list(range(pc.batch))
-        with torch.no_grad():
-            student.start_sessions(cache, slots, self.context)
-        blocks = []
-        for start in range(0, pc.num_frames, pc.block_frames):
-            frames = slice(start, min(start + pc.block_frames, pc.num_frames))
-            control = None if self.control is None else self.control[:, :, frames]
-            blocks.append(generate_block(student, cache, slots, self.noise[:, :, frames], self.schedule,
-                                         y=self.y[:, :, frames], control=control, exit_step=0))
-        return torch.cat(blocks, 2)
-
-    def _predict(self, model, x_t, sigma, copies=1):
-        """x0 of `copies` stacked copies of the batch (2: CFG's cond + uncond in one forward)."""
-        def stack(t):
-            return None if t is None else torch.cat([t] * copies)
-        v = model(stack(x_t), torch.full((copies * x_t.shape[0],), sigma * NUM_TRAIN_TIMESTEPS), stack(self.context),
-                  stack(self.y), stack(self.control))
-        return (stack(x_t) - sigma * v).float()
+        data = self.data
+        return student_rollout(self.nets.student, data.context, data.y, data.control, self.schedule, self.cache_cfg,
+                               self.generator, exit_step=0, cache_dtype=torch.bfloat16)
 
     def run(self, phase: str, optimizer, mark) -> None:
-        nets, sigma = self.nets, 0.5
+        nets = self.nets
         with torch.set_grad_enabled(phase == "generator"):
             x = _Rollout(self)()
         mark("rollout")
         noise = torch.randn(x.shape)
-        x_t = (1 - sigma) * x.detach() + sigma * noise
-        if phase == "generator":
-            with torch.no_grad():   # the expert of this t; cond and uncond inputs share shapes
-                if self.pc.cfg_batched:
-                    cond, uncond = self._predict(nets.teacher[0], x_t, sigma, copies=2).chunk(2)
-                else:
-                    cond, uncond = (self._predict(nets.teacher[0], x_t, sigma) for _ in range(2))
-                real = uncond + 3.0 * (cond - uncond)
-                mark("teacher forward (CFG)")
-                fake = self._predict(nets.critic, x_t, sigma)
-                mark("critic forward")
-            x64 = x.double()
-            grad = (fake.double() - real.double()) / (x64 - real.double()).abs().mean()
-            loss = 0.5 * torch.nn.functional.mse_loss(x64, (x64 - grad).detach())
+        if phase == "generator":    # the expert of this t; CFG's cond and uncond in one forward
+            loss, _ = dmd_loss(x, nets.teacher[0], nets.critic, self.data, self.index, self.sigma, noise, guidance=3.0)
+            mark("teacher (CFG) and critic forwards")
         else:
-            v = nets.critic(x_t, torch.full((x.shape[0],), sigma * NUM_TRAIN_TIMESTEPS), self.context, self.y,
-                            self.control)
-            loss = torch.nn.functional.mse_loss(v.float(), noise - x.detach())
+            loss = critic_loss(nets.critic, x, self.data, self.index, self.sigma, noise)
             mark("critic forward")
         loss.backward()
         mark("backward")

@@ -216,7 +216,7 @@ class DMDTrainer:
             grad_norm = self._update(self.student, self.generator_optimizer, loss)
             self.ema.update(self.student, self.step // config.update_ratio)
             record |= {"generator_loss": round(loss.item(), 6), "generator_grad_norm": round(grad_norm.item(), 4),
-                       **{k: round(v, 5) for k, v in stats.items()}}
+                       **{k: round(v.item(), 5) for k, v in stats.items()}}
         sigma = sample_sigma(len(index), shift, low, high, local, device)
         noise = torch.randn(x.shape, generator=local, device=device)
         with autocast:
