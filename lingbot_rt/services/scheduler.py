@@ -18,7 +18,9 @@ video frames). Every engine step:
    next block), plans and denoises the batch in one set of DiT passes (the DiT stage);
 4. the VAE stage decodes each session's block with its own streaming decoder and hands the
    frames to `on_output`: inline when `step` is called directly, on its own thread once `start`
-   runs the engine, so the DiT works on batch N + 1 while the VAE decodes batch N.
+   runs the engine, so the DiT works on batch N + 1 while the VAE decodes batch N, and never
+   further ahead: a DiT step waits until the VAE has begun on batch N (a block made sooner would
+   only wait for the VAE, with its keys read that much earlier).
 
 Where the stages run is the `Executor`'s business (`executor.py`): in this process (the VAE on
 its own CUDA stream), or in two Ray actors (`ray_stages.py`); the scheduler is the same.
@@ -131,6 +133,7 @@ class Scheduler:
         self._vae_thread: threading.Thread | None = None
         self._decodes: queue.Queue = queue.Queue()
         self._failed: list[tuple[_Entry, Exception]] = []
+        self._last_batch = 1                      # blocks the last DiT step handed to the VAE
         self._stop = threading.Event()
 
     # ---- called by the gateway -----------------------------------------------------------
@@ -236,6 +239,8 @@ class Scheduler:
         self._process_failures()
         self._release_removed()
         self._admit()
+        if self._vae_thread is not None and self._decodes.qsize() >= self._last_batch:
+            return 0                               # the VAE has not begun on the last batch yet
         start = self.clock()
         batch = self._pick(start)
         if not batch:
@@ -258,6 +263,7 @@ class Scheduler:
             return 0
         if self.on_step is not None:
             self.on_step(len(denoised))
+        self._last_batch = len(denoised)
         for entry, action, block in denoised:
             item = _Decode(entry, entry.blocks, action, block, dict(timings, queue=max(0.0, start - entry.deadline)))
             entry.blocks += 1
@@ -265,7 +271,7 @@ class Scheduler:
             if self._vae_thread is None:
                 self._decode(item)
             else:
-                self._decodes.put(item)            # blocks when the VAE stage is 2 batches behind
+                self._decodes.put(item)
         return len(denoised)
 
     def _decode(self, item: "_Decode") -> None:
@@ -294,7 +300,7 @@ class Scheduler:
         if self._thread is not None:
             raise RuntimeError("the scheduler is already running")
         self._stop.clear()
-        self._decodes = queue.Queue(maxsize=2 * self.config.max_batch)
+        self._decodes = queue.Queue(maxsize=self.config.max_batch)
         self._vae_thread = threading.Thread(target=self._vae_loop, name="lingbot-vae", daemon=True)
         self._vae_thread.start()
         self._thread = threading.Thread(target=self._loop, name="lingbot-engine", daemon=True)

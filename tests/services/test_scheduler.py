@@ -316,6 +316,40 @@ def test_started_engine_denoises_the_next_batch_while_the_vae_decodes(pipeline, 
     assert any(decodes[0][1] < t < decodes[0][2] for t in denoise_starts), "no DiT step overlapped a decode"
 
 
+@pytest.mark.parametrize("sessions", [1, 2])
+def test_started_engine_runs_at_most_one_batch_ahead_of_the_vae(pipeline, monkeypatch, sessions):
+    """A batch is denoised only once the VAE has begun on the previous one (one session: has
+    taken every earlier block): with a slow decode and no pacing, the DiT would otherwise read
+    keys for blocks that then wait for the VAE."""
+    counts = {"denoised": 0, "decodes_started": 0}
+    backlog_at_denoise = []
+    real_denoise, real_decode = pipeline.denoise, pipeline.decode
+
+    def denoise(sessions, plans):
+        backlog_at_denoise.append(counts["denoised"] - counts["decodes_started"])
+        out = real_denoise(sessions, plans)
+        counts["denoised"] += len(sessions)
+        return out
+
+    def decode(session, latents):
+        counts["decodes_started"] += 1
+        time.sleep(0.2)
+        return real_decode(session, latents)
+
+    monkeypatch.setattr(pipeline, "denoise", denoise)
+    monkeypatch.setattr(pipeline, "decode", decode)
+    scheduler, recorder = make(pipeline)
+    scheduler.start()
+    try:
+        for i in range(sessions):
+            scheduler.add_session(f"s{i}", start_image(seed=i), "x")
+        wait_until(lambda: len(recorder.outputs) >= 5 * sessions)
+    finally:
+        scheduler.shutdown()
+    # at each DiT step, blocks denoised but not yet taken by the VAE: at most the last batch but one
+    assert len(backlog_at_denoise) >= 5 and max(backlog_at_denoise) <= sessions - 1, backlog_at_denoise
+
+
 def test_a_decode_failure_on_the_vae_thread_drops_only_that_session(pipeline, monkeypatch):
     real_decode = pipeline.decode
     failing = []
