@@ -201,7 +201,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     from .release import DEFAULT_RELEASE, SHIPPED_DIR
     p = sub.add_parser("release", help="write the shipped world (student, VAE, text encoder) as a release root")
-    p.add_argument("--out", default=DEFAULT_RELEASE, help="release root to write (replaced if present)")
+    p.add_argument("--out", default=DEFAULT_RELEASE, help="release root to write (an earlier world release there is replaced)")
     p.add_argument("--weights", default=str(SHIPPED_DIR), help="shipped-layout weights")
     p.set_defaults(func=cmd_release)
     return parser

@@ -41,10 +41,13 @@ def _student_digest(weights: Path) -> str:
 
 
 def make_world_release(out: str | Path, weights: str | Path = SHIPPED_DIR) -> Path:
-    """Write the shipped world (student, VAE, text encoder) as a release root at `out`."""
+    """Write the shipped world (student, VAE, text encoder) as a release root at `out`,
+    replacing an earlier one there (and nothing else: another non-empty directory is refused)."""
     out, weights = Path(out), Path(weights)
     student = shipped_student_dir(weights)
     if out.exists():
+        if not (out / SOURCE_FILE).is_file() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not a world release made here: not replacing it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copytree(student, out / FAST_DIR)

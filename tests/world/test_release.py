@@ -61,6 +61,12 @@ def test_release_command_writes_a_loadable_root(tmp_path, capsys):
     assert main(["world", "release", "--out", str(tmp_path / "w"), "--weights", str(SHIPPED_DIR)]) == 0
     assert "lingbot-rt serve --checkpoint" in capsys.readouterr().out
     assert release_stream_config(tmp_path / "w").schedule_indices == (0, 250, 500, 750)
+    assert main(["world", "release", "--out", str(tmp_path / "w"), "--weights", str(SHIPPED_DIR)]) == 0  # replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a world release"):
+        make_world_release(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("stream,match", [({"height": 64}, "frame size is the manifest's"),
