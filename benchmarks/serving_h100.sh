@@ -7,13 +7,16 @@
 #   3. `lingbot-rt serve` with the wan-1.3b release ($WAN_FLAGS): a ramp 1, 2 players.
 # Needs the gRPC/aiohttp/matplotlib wheels the device's torch environment lacks, and a pose probe:
 #   bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && PROBE=out/dev2/probe.pt bash benchmarks/serving_h100.sh
+# (PARTS="wan": the wan-1.3b ramp alone, no probe needed)
 # (.devlean/: bash benchmarks/device_lean_bundle.sh; the probe: an eval run's probe.pt)
-# (DUR, RAMP, RAMP_DUR, ROLL_MIN, WAN, WAN_SIZE shrink it for a CPU smoke run.)
+# (DUR, RAMP, RAMP_DUR, ROLL_MIN, WAN, WAN_SIZE shrink it for a CPU smoke run; PARTS picks the parts.)
 set -u
-OUT=${OUT:-benchmarks/results/serving_h100}; PROBE=${PROBE:?a pose probe, the probe.pt of an eval run}
+OUT=${OUT:-benchmarks/results/serving_h100}; PROBE=${PROBE:-}
 DUR=${DUR:-30s}; RAMP=${RAMP:-1..32x2}; RAMP_DUR=${RAMP_DUR:-20s}; ROLL_MIN=${ROLL_MIN:-10}
 WAN=${WAN:-wan-1.3b}; WAN_SIZE=${WAN_SIZE:-480x832}; DEVICE=${DEVICE:-cuda}
 WAN_FLAGS=${WAN_FLAGS:---commit last_step --compile default --fused-qkv}   # the results at d15782b: --commit last_step only
+PARTS=${PARTS:-world eval wan}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 cli="python -m lingbot_rt.cli"; world="python -m lingbot_rt.world.cli"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -22,9 +25,9 @@ stamp() { echo "== $(date +%T) $*"; }
 
 serve() {   # serve NAME ARGS...: start a server, wait until it listens
     local name=$1; shift
-    $cli serve --metrics-port 9100 "$@" > "$OUT/serve_$name.log" 2>&1 &
+    $cli -v serve --metrics-port 9100 "$@" > "$OUT/serve_$name.log" 2>&1 &
     SERVER=$!
-    for _ in $(seq 1 240); do grep -q "play at" "$OUT/serve_$name.log" && return 0; sleep 0.5; done
+    for _ in $(seq 1 ${START_WAIT:-480}); do grep -q "play at" "$OUT/serve_$name.log" && return 0; sleep 0.5; done
     echo "server $name did not start"; tail -n 20 "$OUT/serve_$name.log"; return 1
 }
 stop() { kill -INT "$SERVER"; wait "$SERVER"; }
@@ -34,6 +37,7 @@ loadtest() {   # loadtest NAME ARGS...
         | grep -v "^  player" | tail -n 12
 }
 
+if part world; then
 stamp "world: 1, 2, 4 players"
 serve world --max-sessions 32 --max-batch 16 --max-waiting 0 || exit 1
 for n in 1 2 4; do loadtest "world_${n}players" --players "$n" --duration "$DUR"; done
@@ -41,6 +45,7 @@ stamp "world: ramp"
 loadtest world_ramp --ramp "$RAMP" --duration "$RAMP_DUR" --target-fps 16
 curl -s 127.0.0.1:9100/metrics | grep -E "^lingbot_(batch_size|stage_seconds|gpu_memory)" > "$OUT/world_metrics.txt"
 stop
+fi
 
 stamp "wan-1.3b release; the student's 10-minute rollout and held-out evaluation beside it"
 python - "$WAN" "$WAN_SIZE" <<'PY' > "$OUT/wan_release.log" 2>&1 &
@@ -57,6 +62,8 @@ make_tiny_checkpoint("runs/wan", config=name, num_shards=1, dtype=torch.bfloat16
                      manifest=ReleaseManifest(vae=vae, text_encoder=text, height=height, width=width))
 PY
 RELEASE=$!
+if part eval; then
+: "${PROBE:?the eval part needs a pose probe, the probe.pt of an eval run}"
 $world long-rollout --student lingbot_rt/world/weights/student --probe "$PROBE" --minutes "$ROLL_MIN" --device "$DEVICE" --out "$OUT/long_rollout_10min" \
     > "$OUT/long_rollout.log" 2>&1 &
 ROLLOUT=$!
@@ -65,10 +72,13 @@ mkdir -p "$OUT/eval_shipped_student" && cp "$PROBE" "$OUT/eval_shipped_student/p
 $world eval --data runs/heldout --vae lingbot_rt/world/weights --student lingbot_rt/world/weights/student \
     --probe-data runs/heldout --clips 32 --out "$OUT/eval_shipped_student" --device "$DEVICE" > /dev/null 2>&1
 rm -f "$OUT/eval_shipped_student/probe.pt"
-wait $RELEASE $ROLLOUT
+wait $ROLLOUT
 python -c "import json, sys; r = json.load(open(sys.argv[1])); print('long rollout:', r['frames'], 'frames,', \
 'all within bounds:', r['all_within_bounds'])" "$OUT/long_rollout_10min/long_rollout.json"
+fi
+wait $RELEASE
 
+part wan || { stamp done; exit 0; }
 stamp "$WAN $WAN_SIZE: ramp"
 serve wan --checkpoint runs/wan $WAN_FLAGS --max-sessions 4 --max-batch 4 --max-waiting 0 || exit 1
 loadtest "${WAN}_${WAN_SIZE}_ramp" --ramp 1,2 --duration "$RAMP_DUR" --target-fps 16

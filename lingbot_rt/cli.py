@@ -112,7 +112,7 @@ def cmd_serve(args) -> int:
         # Serve's replicas may run elsewhere than this directory: give them an absolute path
         checkpoint=str(Path(args.checkpoint).absolute()) if args.ingress == "serve" else args.checkpoint,
         config=args.config, height=args.height, width=args.width, commit=args.commit, compile=args.compile,
-        fused_qkv=args.fused_qkv, max_sessions=args.max_sessions,
+        fused_qkv=args.fused_qkv, max_sessions=args.max_sessions, warm_up_blocks=args.warm_up,
         stages=args.stages, device=args.device, dtype=str(args.dtype).removeprefix("torch.") if args.dtype else None,
         text_device=args.text_device,
         scheduler=SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting, pace=args.pace,
@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=defaults.max_sessions,
                    help="KV cache slots: sessions playing at once")
     p.add_argument("--max-batch", type=int, default=defaults.scheduler.max_batch, help="sessions per DiT step")
+    p.add_argument("--warm-up", type=int, default=defaults.warm_up_blocks, metavar="BLOCKS",
+                   help="blocks played at batch sizes 1, 2 and --max-batch before listening (default: enough "
+                        "to fill the KV window with --compile, else none)")
     p.add_argument("--max-waiting", type=int, default=defaults.scheduler.max_waiting,
                    help="sessions queued for a slot before refusing")
     p.add_argument("--no-pace", dest="pace", action="store_false",

@@ -20,7 +20,7 @@ Two executors, chosen by one string (`STAGES`; `lingbot-rt serve --stages`):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -68,6 +68,29 @@ class Executor(ABC):
     def denoise(self, requests: list[BlockRequest]) -> dict[str, DenoisedBlock | Exception]:
         """One DiT step for `requests` (distinct sessions). Raises when the batched passes fail:
         every session of the batch is then suspect."""
+
+    def warm_up(self, batch_sizes: Sequence[int], blocks: int) -> None:
+        """Play `blocks` blocks (decoded) at each batch size on throw-away sessions from a grey
+        start image, so that compilation and kernel autotuning happen before the first player
+        arrives rather than during their first blocks. Batch sizes above the free slots are
+        skipped; the sessions are closed, whatever happens."""
+        config = self.config
+        image = np.full((config.height, config.width, 3), 128, np.uint8)
+        for size in sorted({size for size in batch_sizes if 1 <= size <= self.free_slots}):
+            ids = [f"warm-up-{size}-{row}" for row in range(size)]
+            opened = []
+            try:
+                for session_id in ids:
+                    self.open_session(session_id, image, "", seed=0)
+                    opened.append(session_id)
+                for _ in range(blocks):
+                    for session_id, block in self.denoise([BlockRequest(s, frozenset("w")) for s in ids]).items():
+                        if isinstance(block, Exception):
+                            raise StageError(f"warm-up block of {session_id} failed: {block}") from block
+                        block.decode()
+            finally:
+                for session_id in opened:
+                    self.close_session(session_id)
 
     def shutdown(self) -> None:
         """Release what the executor started (its actors); the default has nothing to release."""

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -97,6 +98,8 @@ class ServeAppArgs:
     compile: str | None = None           # None: the stream config's; an inductor mode compiles the DiT block
     fused_qkv: bool = False              # one QKV GEMM per self-attention
     max_sessions: int = 4                # KV-cache slots per replica: sessions playing at once
+    warm_up_blocks: int | None = None    # blocks played at batch sizes 1, 2 and max_batch before serving;
+                                         # None: enough to fill the KV window when compiled, else none
     stages: str = "in-process"           # or "ray": the DiT and VAE stages in two Ray actors
     device: str | None = None            # in-process stages; None: cuda when the replica has a GPU
     dtype: str | None = None             # DiT dtype (bf16, fp32); None: bf16 on a GPU, fp32 on the CPU
@@ -113,6 +116,8 @@ class ServeAppArgs:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.warm_up_blocks is not None and self.warm_up_blocks < 0:
+            raise ValueError(f"warm_up_blocks must be >= 0, got {self.warm_up_blocks}")
         if self.stages == "ray" and self.device is not None:
             raise ValueError("device is for the in-process stages; with stages 'ray', Ray places the two stage "
                              "actors (a GPU each, one GPU shared, or the CPU)")
@@ -125,6 +130,22 @@ class ServeAppArgs:
 
 
 def load_executor(args: ServeAppArgs) -> Executor:
+    """The stages `args` name, loaded and warmed up (`Executor.warm_up`)."""
+    executor = _load_stages(args)
+    blocks = args.warm_up_blocks
+    if blocks is None:                       # a compiled block recompiles until the window is full
+        cache = executor.config.cache()
+        blocks = 0 if executor.config.compile == "off" else \
+            -(-(cache.sink_frames + cache.window_frames) // cache.block_frames) + 1
+    if blocks:
+        start = time.perf_counter()
+        executor.warm_up((1, 2, args.scheduler.max_batch), blocks)
+        log.info("warmed up in %.1f s: %d blocks at batch sizes 1, 2, %d", time.perf_counter() - start, blocks,
+                 args.scheduler.max_batch)
+    return executor
+
+
+def _load_stages(args: ServeAppArgs) -> Executor:
     """The stages `args` name, loaded in this process (in-process) or in two Ray actors it starts
     (ray: joins the running Ray, or starts one)."""
     import torch
