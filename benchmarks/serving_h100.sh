@@ -81,6 +81,6 @@ wait $RELEASE
 part wan || { stamp done; exit 0; }
 stamp "$WAN $WAN_SIZE: ramp"
 serve wan --checkpoint runs/wan $WAN_FLAGS --max-sessions 4 --max-batch 4 --max-waiting 0 || exit 1
-loadtest "${WAN}_${WAN_SIZE}_ramp" --ramp 1,2 --duration "$RAMP_DUR" --target-fps 16
+loadtest "${WAN}_${WAN_SIZE}_ramp" --ramp "${WAN_RAMP:-1,2}" --duration "$RAMP_DUR" --target-fps 16
 stop
 stamp done
