@@ -81,6 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--long", type=int, default=0,
                     help=f"stream this many blocks and compare the cost of the last {LONG_SPAN} with blocks "
                          f"{LONG_REFERENCE_BLOCK}-{LONG_REFERENCE_BLOCK + LONG_SPAN - 1}")
+    ap.add_argument("--steady-from", type=int, default=11,
+                    help="also summarise blocks from this one on (0: don't): a stream's first blocks also run the "
+                         "VAE encoder for the I2V condition until its latents repeat (latent frame ~30 with the "
+                         "Wan2.1 VAE), later blocks do not")
     ap.add_argument("--sink", type=int, default=3)
     ap.add_argument("--window", type=int, default=15)
     ap.add_argument("--commit", default="clean", choices=["clean", "last_step"])
@@ -217,21 +221,22 @@ def sig(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def summarise(rows: dict, probe: dict, ceiling: float, args) -> dict:
-    """Steady numbers over blocks 1.. of the timed stream (block 0 has 9 frames and a cold cache)."""
-    last = args.blocks
-    block_s = np.diff(rows["end"][:last])                    # wall time of blocks 1 .. last-1
-    frames = rows["frames"][1:last]
-    steps = np.array(rows["steps_s"][1:last])
-    dit_s = steps.sum(1) + np.array(rows["commit_s"][1:last]) + np.array(rows["other_dit_s"][1:last])
-    decode_s, encode_s = np.array(rows["decode_s"][1:last]), np.array(rows["encode_s"][1:last])
+def summarise(rows: dict, probe: dict, ceiling: float, first: int, last: int) -> dict:
+    """Numbers over blocks first .. last - 1 of the timed stream (block 0 has 9 frames and a cold cache)."""
+    span = slice(first, last)
+    block_s = np.diff(rows["end"][first - 1:last])           # wall time of blocks first .. last-1
+    frames = rows["frames"][span]
+    steps = np.array(rows["steps_s"][span])
+    dit_s = steps.sum(1) + np.array(rows["commit_s"][span]) + np.array(rows["other_dit_s"][span])
+    decode_s, encode_s = np.array(rows["decode_s"][span]), np.array(rows["encode_s"][span])
     period = float(block_s.mean())
     out = {
+        "blocks": [first, last - 1],
         "timed_blocks": len(block_s),
         "frames_per_block": frames[0],
         "step_s_mean": [round(float(s), 4) for s in steps.mean(0)],
-        "commit_s_mean": round(mean(rows["commit_s"][1:last]), 4),
-        "other_dit_s_mean": round(mean(rows["other_dit_s"][1:last]), 4),
+        "commit_s_mean": round(mean(rows["commit_s"][span]), 4),
+        "other_dit_s_mean": round(mean(rows["other_dit_s"][span]), 4),
         "decode_s_mean": round(float(decode_s.mean()), 4),
         "encode_s_mean": round(float(encode_s.mean()), 4),
         "block_s_mean": round(period, 4),
@@ -241,9 +246,9 @@ def summarise(rows: dict, probe: dict, ceiling: float, args) -> dict:
         "pipelined_fps_bound": round(sum(frames) / max(float(dit_s.sum()), float((decode_s + encode_s).sum())), 2),
         "first_frame_s": round(rows["first_frame_s"], 3),
         # keys are read at a block's start: a press waits 0 .. 1 block for the next read, then that block
-        "action_to_frame_s": {"at_read": round(mean(rows["key_to_frame_s"][1:last]), 3),
-                              "mean": round(mean(rows["key_to_frame_s"][1:last]) + period / 2, 3),
-                              "max": round(mean(rows["key_to_frame_s"][1:last]) + period, 3)},
+        "action_to_frame_s": {"at_read": round(mean(rows["key_to_frame_s"][span]), 3),
+                              "mean": round(mean(rows["key_to_frame_s"][span]) + period / 2, 3),
+                              "max": round(mean(rows["key_to_frame_s"][span]) + period, 3)},
     }
     flops, dit_rate = probe["dit_flops"] + probe["vae_flops"], probe["dit_flops"] / float(dit_s.mean()) / 1e12
     out["tflops_per_block"] = {"dit": sig(probe["dit_flops"] / 1e12), "vae": sig(probe["vae_flops"] / 1e12)}
@@ -315,7 +320,7 @@ def main(argv=None):
         "build_s": round(build_s, 2), "warmup_s": round(warmup_s, 2), "warmup_blocks": args.warmup,
         "kv_cache_gib": round(pipeline.cache.nbytes() / 2**30, 3),
         "matmul_tflops": rates, "matmul_ceiling_tflops": ceiling,
-        "summary": summarise(rows, probe, ceiling, args),
+        "summary": summarise(rows, probe, ceiling, 1, args.blocks),
         "transform_rel_err": {k: float(f"{v:.3g}") for k, v in probe["transform_rel_err"].items()},
         "dit_tflops_by_op": {op: sig(n / 1e12) for op, n in probe["dit_flops_by_op"].items()},
         "per_block": {"steps_s": [[round(s, 4) for s in steps] for steps in rows["steps_s"]],
@@ -323,6 +328,8 @@ def main(argv=None):
                          for name in ("commit_s", "other_dit_s", "decode_s", "encode_s", "key_to_frame_s")},
                       "block_s": [round(float(s), 4) for s in np.diff(rows["end"])]},
     }
+    if args.steady_from and num_blocks >= args.steady_from + 2:
+        result["summary_steady"] = summarise(rows, probe, ceiling, args.steady_from, num_blocks)
     if args.long:
         result["flat_cost"] = flat_cost(rows, num_blocks)
     finish(result, dev, args.out)
