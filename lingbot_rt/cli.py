@@ -57,7 +57,7 @@ def _load_pipeline(args, config):
     device = args.device or ("cuda" if _cuda_available() else "cpu")
     dtype = args.dtype or (_dtype("bf16") if device.startswith("cuda") else _dtype("fp32"))
     return StreamingInference.from_release(args.checkpoint, config, device=device, dtype=dtype,
-                                           text_device=args.text_device)
+                                           vae_dtype=args.vae_dtype, text_device=args.text_device)
 
 
 def _check_image_early(args) -> None:
@@ -114,6 +114,7 @@ def cmd_serve(args) -> int:
         config=args.config, height=args.height, width=args.width, commit=args.commit, compile=args.compile,
         fused_qkv=args.fused_qkv, max_sessions=args.max_sessions, warm_up_blocks=args.warm_up,
         stages=args.stages, device=args.device, dtype=str(args.dtype).removeprefix("torch.") if args.dtype else None,
+        vae_dtype=str(args.vae_dtype).removeprefix("torch.") if args.vae_dtype else None,
         text_device=args.text_device,
         scheduler=SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting, pace=args.pace,
                                   lead=args.lead),
@@ -188,6 +189,7 @@ def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | N
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--text-device", help="device of the text encoder (default: --device)")
     p.add_argument("--dtype", type=_dtype, help="DiT dtype (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--vae-dtype", type=_dtype, help="VAE dtype (default: the DiT's; fp32 is upstream's choice)")
     p.add_argument("--commit", choices=COMMIT_MODES, help="how a block enters the KV cache: a clean pass (5 "
                    "forwards per block) or the last denoising pass (4); default: the stream config's")
     p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the DiT block (an inductor mode)")

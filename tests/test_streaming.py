@@ -276,3 +276,17 @@ def test_command_line_stream_options_override_the_release_config(release):
     unchanged = _stream_config(build_parser().parse_args(["generate", "--checkpoint", str(release), "--image", "x.png",
                                                           "--prompt", "p", "--actions", "w-4", "--out", "o.mp4"]))
     assert (unchanged.commit, unchanged.compile, unchanged.fused_qkv) == ("clean", "off", False)
+
+
+def test_the_vae_decodes_in_the_dits_dtype_unless_told(release):
+    """One dtype knob for both models by default (bf16 on a GPU); `vae_dtype` (`--vae-dtype fp32`,
+    upstream's choice) separates them. In bf16 the VAE streams within a few levels of fp32."""
+    from lingbot_rt.pipeline.release import load_release
+    assert load_release(release, dtype=torch.bfloat16).vae.dtype == torch.bfloat16
+    assert load_release(release, dtype=torch.float32).vae.dtype == torch.float32
+    mixed = StreamingInference.from_release(release, StreamConfig(), dtype=torch.float32, vae_dtype=torch.bfloat16)
+    assert (mixed.dit.dtype, mixed.vae.dtype) == (torch.float32, torch.bfloat16)
+    plain = StreamingInference.from_release(release, StreamConfig(), dtype=torch.float32)
+    for a, b in zip(run(plain, num_frames=21), run(mixed, num_frames=21)):
+        difference = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
+        assert 0 < difference.max() <= 8 and difference.mean() < 1.0

@@ -109,10 +109,12 @@ def _require(path: Path, what: str) -> Path:
 
 
 def load_release(root: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
-                 vae_dtype: torch.dtype = torch.float32, text_device: torch.device | str | None = None,
+                 vae_dtype: torch.dtype | None = None, text_device: torch.device | str | None = None,
                  text_dtype: torch.dtype = torch.bfloat16) -> Release:
     """Load the Fast DiT and the VAE on `device`, the text encoder on `text_device` (default:
-    `device`; the CPU keeps 11 GB of umT5 off the GPU). Every file is checked before loading."""
+    `device`; the CPU keeps 11 GB of umT5 off the GPU); the VAE in `vae_dtype`, by default the
+    DiT's (upstream decodes in fp32; in bf16 the world VAE decodes within 2/255 of it,
+    `benchmarks/results/vae_dtype_world.json`). Every file is checked before loading."""
     root = Path(root)
     if not root.is_dir():
         raise CheckpointError(f"release root {root} is not a directory")
@@ -121,7 +123,7 @@ def load_release(root: str | Path, *, device: torch.device | str = "cpu", dtype:
     t5_path = _require(root / T5_FILE, "text encoder weights")
     tokenizer_dir = _require(root / TOKENIZER_DIR, "tokenizer folder")
     dit = load_fast(root, dtype=dtype, device=device)
-    vae = load_release_vae(root, device=device, dtype=vae_dtype)
+    vae = load_release_vae(root, device=device, dtype=vae_dtype or dtype)
     text_encoder = TextEncoder.from_checkpoint(t5_path, tokenizer_dir, manifest.text_encoder_config(),
                                                device=device if text_device is None else text_device,
                                                dtype=text_dtype, text_len=dit.cfg.text_len)

@@ -177,7 +177,7 @@ class StreamingInference:
 
     @classmethod
     def from_release(cls, root: str | Path, config: StreamConfig | None = None, *, device="cpu",
-                     dtype: torch.dtype = torch.bfloat16, vae_dtype: torch.dtype = torch.float32,
+                     dtype: torch.dtype = torch.bfloat16, vae_dtype: torch.dtype | None = None,
                      text_device=None) -> "StreamingInference":
         """Load a release root (`pipeline/release.py`), streamed as `config` says (default: as
         its manifest says); the frame size defaults to its native one."""

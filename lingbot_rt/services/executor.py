@@ -140,7 +140,10 @@ class InProcessExecutor(Executor):
 
     def denoise(self, requests: list[BlockRequest]) -> dict[str, DenoisedBlock | Exception]:
         output = self.dit.denoise(requests)
-        self.pipeline.synchronize()          # the latents are complete before another stream reads them
+        if self._vae_stream is not None:
+            # the latents are complete before the VAE's stream reads them. Wait for this (the DiT's)
+            # stream only: a device-wide sync would also wait for the previous batch's decode
+            torch.cuda.current_stream(self.pipeline.device).synchronize()
         blocks = {session_id: DenoisedBlock(first_frame, partial(self._decode, self.dit.sessions[session_id],
                                                                  output.latents[row]))
                   for row, (session_id, first_frame) in enumerate(output.first_frames.items())}

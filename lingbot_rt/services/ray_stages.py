@@ -61,7 +61,7 @@ class RayStagesConfig:
     num_gpus: float | None = None        # per actor; None: 1 with >= 2 GPUs in the cluster, 0.5 with 1, else 0
     num_cpus: float = 1.0                # per actor (Ray sets the actor's thread count from it)
     dtype: torch.dtype | None = None     # the DiT's; None: bf16 on a GPU, fp32 on the CPU
-    vae_dtype: torch.dtype = torch.float32
+    vae_dtype: torch.dtype | None = None # None: the DiT's
     text_device: str | None = None       # the text encoder's, in the DiT actor ("cpu" keeps umT5 off the GPU)
     start_timeout_s: float = 600.0       # for the actors to be placed and load their models
 
@@ -175,7 +175,7 @@ class RayExecutor(Executor):
         actor = dict(num_cpus=ray_config.num_cpus, num_gpus=gpus, max_restarts=0)
         self.dit = ray.remote(DiTWorker).options(**actor).remote(str(root), config, device, dtype,
                                                                   ray_config.text_device)
-        self.vae = ray.remote(VAEWorker).options(**actor).remote(str(root), device, ray_config.vae_dtype)
+        self.vae = ray.remote(VAEWorker).options(**actor).remote(str(root), device, ray_config.vae_dtype or dtype)
         try:
             init_method = self._get(self.dit.address.remote(), "DiT", ray_config.start_timeout_s)   # loaded
             self._get(self.vae.__ray_ready__.remote(), "VAE", ray_config.start_timeout_s)

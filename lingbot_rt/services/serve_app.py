@@ -103,6 +103,8 @@ class ServeAppArgs:
     stages: str = "in-process"           # or "ray": the DiT and VAE stages in two Ray actors
     device: str | None = None            # in-process stages; None: cuda when the replica has a GPU
     dtype: str | None = None             # DiT dtype (bf16, fp32); None: bf16 on a GPU, fp32 on the CPU
+    vae_dtype: str | None = None         # None: the DiT's (fp32 is upstream's choice; bf16 decodes the world
+                                         # VAE within 2/255 of it, benchmarks/results/vae_dtype_world.json)
     text_device: str | None = None
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -112,8 +114,9 @@ class ServeAppArgs:
     def __post_init__(self):
         if self.stages not in STAGES:
             raise ValueError(f"stages must be one of {STAGES}, got {self.stages!r}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("dtype", "vae_dtype"):
+            if getattr(self, name) is not None and getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
         if self.warm_up_blocks is not None and self.warm_up_blocks < 0:
@@ -156,11 +159,13 @@ def _load_stages(args: ServeAppArgs) -> Executor:
     config = config.with_overrides(height=args.height, width=args.width, commit=args.commit, compile=args.compile,
                                    fused_qkv=args.fused_qkv or None, max_sessions=args.max_sessions)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    vae_dtype = getattr(torch, DTYPES[args.vae_dtype]) if args.vae_dtype else None
     if args.stages == "in-process":
         from .executor import InProcessExecutor
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         return InProcessExecutor(StreamingInference.from_release(args.checkpoint, config, device=device, dtype=dtype,
+                                                                 vae_dtype=vae_dtype,
                                                                  text_device=args.text_device))
     try:
         import ray
@@ -169,7 +174,8 @@ def _load_stages(args: ServeAppArgs) -> Executor:
     from .ray_stages import RayExecutor, RayStagesConfig
     if not ray.is_initialized():
         ray.init()                           # joins the cluster in RAY_ADDRESS if set, else starts one here
-    return RayExecutor(args.checkpoint, config, RayStagesConfig(dtype=dtype, text_device=args.text_device))
+    return RayExecutor(args.checkpoint, config, RayStagesConfig(dtype=dtype, vae_dtype=vae_dtype,
+                                                                text_device=args.text_device))
 
 
 class CallAborted(Exception):

@@ -293,3 +293,5 @@ def test_app_args_refuse_unknown_keys_and_read_nested_configs():
     with pytest.raises(ValueError, match="Ray places the two stage actors"):
         ServeAppArgs(stages="ray", device="cuda")
     assert ServeAppArgs(max_sessions=2, scheduler=SchedulerConfig(max_waiting=3)).max_ongoing_requests == 2 + 3
+    with pytest.raises(ValueError, match=r"vae_dtype must be one of \['bf16', 'bfloat16', 'float32', 'fp32'\], got 'fp16'"):
+        ServeAppArgs(vae_dtype="fp16")
