@@ -82,5 +82,6 @@ part wan || { stamp done; exit 0; }
 stamp "$WAN $WAN_SIZE: ramp"
 serve wan --checkpoint runs/wan $WAN_FLAGS --max-sessions 4 --max-batch 4 --max-waiting 0 || exit 1
 loadtest "${WAN}_${WAN_SIZE}_ramp" --ramp "${WAN_RAMP:-1,2}" --duration "$RAMP_DUR" --target-fps 16
+curl -s 127.0.0.1:9100/metrics | grep -E "^lingbot_(batch_size|stage_seconds|gpu_memory)" > "$OUT/wan_metrics.txt"
 stop
 stamp done
