@@ -428,6 +428,14 @@ class WanVAE(nn.Module):
         """Normalised latents [B, z_dim, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1], float32."""
         return self.stream_decoder().decode(z)
 
+    def compile_streaming(self, **compile_kwargs) -> None:
+        """torch.compile the encoder and the decoder in place, one graph per chunk (a stream's
+        first chunks, whose caches are still filling, compile their own variants). Their
+        element-wise work (norms, SiLU, padding, cache copies) is about half of the eager
+        decode on an H100 (`benchmarks/vae_speed.py`)."""
+        self.encoder.compile(**compile_kwargs)
+        self.decoder.compile(**compile_kwargs)
+
     def stream_decoder(self) -> "StreamingDecoder":
         """A new decoding stream: feed it consecutive latent blocks of one clip (or batch of clips)."""
         return StreamingDecoder(self)

@@ -1,14 +1,15 @@
-"""Where the Wan2.1 VAE's streaming time goes, and whether its 3D convolutions run faster as one
-2D convolution with time folded into channels (`CausalConv3d._as_conv2d`, what the CPU uses):
-the decoder's and encoder's convolutions at a block's shapes, each timed as cuDNN conv3d and as
-the folded conv2d (both in NCDHW / NCHW and in channels-last), then the whole block decode
-(3 latent frames) and the I2V condition's encode (4 black frames) each way.
+"""Where the Wan2.1 VAE's streaming time goes, and what makes it faster: the decoder's and
+encoder's convolutions at a block's shapes, each timed as cuDNN conv3d (NCDHW and channels-last)
+and as one conv2d with time folded into channels (`CausalConv3d._as_conv2d`, what the CPU uses);
+then the whole block decode (3 latent frames) and the I2V condition's encode (4 black frames):
+eager, with the folded conv2d, and torch.compile'd (`WanVAE.compile_streaming`).
 
-    python benchmarks/vae_convs.py --height 480 --width 832 --out benchmarks/results/vae_convs_480p_h100.json
+    python benchmarks/vae_speed.py --height 480 --width 832 --out benchmarks/results/vae_speed_480p_h100.json
 """
 from __future__ import annotations
 
 import argparse
+import time
 from collections import defaultdict
 
 import torch
@@ -85,6 +86,7 @@ def main():
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd decoder and encoder")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device, dtype = torch.device("cuda"), DTYPES[args.dtype]
@@ -104,8 +106,9 @@ def main():
 
     result = {"what": "Wan2.1 VAE convolutions, conv3d vs time folded into a conv2d", "dtype": args.dtype,
               "resolution": [args.height, args.width]}
+    runs = {"decode": lambda d, e: d.decode(latents), "condition_encode": lambda d, e: e.encode(black)}
     with torch.inference_mode():
-        for name, run in (("decode", lambda d, e: d.decode(latents)), ("condition_encode", lambda d, e: e.encode(black))):
+        for name, run in runs.items():
             decoder, encoder = streams()
             calls = padded_inputs(vae, lambda: run(decoder, encoder))
             totals, rows = defaultdict(float), []
@@ -129,6 +132,16 @@ def main():
             result[name] = {"convs": len(rows), "conv_ms_sum": {k: round(v, 2) for k, v in totals.items()},
                             "whole_ms": whole, "per_conv": rows}
             print(name, result[name]["conv_ms_sum"], whole, flush=True)
+        if args.compile:
+            vae.compile_streaming()
+            for name, run in runs.items():
+                decoder, encoder = streams()                   # compiles the first-block variants
+                start = time.perf_counter()
+                run(decoder, encoder)
+                compile_s = time.perf_counter() - start
+                result[name]["whole_ms"]["compiled"] = round(cuda_ms(lambda: run(decoder, encoder), reps=5), 2)
+                result[name]["compile_s"] = round(compile_s, 1)
+                print(name, "compiled", result[name]["whole_ms"], flush=True)
     finish(result, device, args.out)
 
 
