@@ -89,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=15)
     ap.add_argument("--commit", default="clean", choices=["clean", "last_step"])
     ap.add_argument("--compile", default="none", choices=COMPILE_MODES, help="torch.compile every DiT block")
+    ap.add_argument("--compile-vae", action="store_true",
+                    help="torch.compile the VAE's streaming encoder and decoder (what `serve --compile` does)")
     ap.add_argument("--attention", default="auto", choices=["auto", *SDPA_BACKENDS],
                     help="SDPA backend (auto: PyTorch's choice)")
     ap.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
@@ -293,6 +295,8 @@ def main(argv=None):
         rates = matmul_ceiling(gemm_shapes(dit, tokens, args.fused_qkv), dtype, dev)
         if args.compile != "none":
             dit.compile_blocks(dynamic=False, mode=None if args.compile == "default" else args.compile)
+        if args.compile_vae:
+            vae.compile_streaming()
         config = StreamConfig(height=height, width=width, commit=args.commit, sink_frames=args.sink,
                               window_frames=args.window)
         pipeline = StreamingInference(dit, vae, one_layer_text_encoder(dit.cfg.text_dim, dit.cfg.text_len, dev),
@@ -315,6 +319,7 @@ def main(argv=None):
         "resolution": [height, width], "dtype": args.dtype, "params": params, "tokens_per_block": tokens,
         "settings": {"steps": len(schedule.timesteps), "timesteps": [round(t, 1) for t in schedule.timesteps],
                      "sink": args.sink, "window": args.window, "commit": args.commit, "compile": args.compile,
+                     "compile_vae": args.compile_vae,
                      "attention": args.attention, "fused_qkv": args.fused_qkv, "fp8": args.fp8,
                      "jpeg_quality": args.jpeg_quality},
         "build_s": round(build_s, 2), "warmup_s": round(warmup_s, 2), "warmup_blocks": args.warmup,

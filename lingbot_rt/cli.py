@@ -192,7 +192,7 @@ def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | N
     p.add_argument("--vae-dtype", type=_dtype, help="VAE dtype (default: the DiT's; fp32 is upstream's choice)")
     p.add_argument("--commit", choices=COMMIT_MODES, help="how a block enters the KV cache: a clean pass (5 "
                    "forwards per block) or the last denoising pass (4); default: the stream config's")
-    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the DiT block (an inductor mode)")
+    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the DiT block (an inductor mode) and the VAE's streaming encoder and decoder")
     p.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
 
 

@@ -64,7 +64,8 @@ class StreamConfig:
     sink_frames: int = 3
     window_frames: int = 15
     commit: str = "clean"                                # or "last_step": 4 forwards per block
-    compile: str = "off"                                 # torch.compile of the DiT block: off or an inductor mode
+    compile: str = "off"                                 # torch.compile of the DiT block (off or an inductor
+                                                         # mode) and of the VAE's streaming encoder and decoder
     fused_qkv: bool = False                              # one QKV GEMM per self-attention
     max_sessions: int = 1
     intrinsics: tuple[float, float, float, float] = DEFAULT_INTRINSICS   # in 480x832 pixels
@@ -166,8 +167,10 @@ class StreamingInference:
         self.dit, self.vae, self.text_encoder, self.config = dit.eval(), vae.eval(), text_encoder, config
         if config.fused_qkv:                 # inference transforms of the DiT this pipeline owns from here
             dit.fuse_qkv()
-        if config.compile != "off":
+        if config.compile != "off":          # the DiT's blocks in the mode asked; the VAE's streaming
             dit.compile_blocks(mode=None if config.compile == "default" else config.compile)
+            vae.compile_streaming()          # encoder and decoder in the default mode (their cache lists
+                                             # are mutated: no CUDA graphs)
         self.height, self.width = config.height, config.width
         self.latent_hw = (self.height // SPACE_STRIDE, self.width // SPACE_STRIDE)
         self.schedule = config.schedule()

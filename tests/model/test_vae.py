@@ -277,6 +277,24 @@ def test_interleaved_streams_do_not_share_state(vae):
     torch.testing.assert_close(torch.cat(out_b, 2), alone_b, atol=1e-6, rtol=1e-5)
 
 
+def test_compiled_streams_equal_eager_streams():
+    """`compile_streaming` traces the cache-list updates of both streams (torch.compile with the
+    aot_eager backend: dynamo's capture without inductor's code generation, which takes minutes
+    on this CPU; `benchmarks/vae_speed.py` times inductor on a GPU)."""
+    eager, compiled = make_vae(), make_vae()
+    compiled.compile_streaming(backend="aot_eager")
+    z = random_latents(frames=9)
+    video = torch.rand(1, 3, 13, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.no_grad():
+        outputs = []
+        for model in (eager, compiled):
+            decoder, encoder = model.stream_decoder(), model.stream_encoder()
+            outputs.append([decoder.decode(z[:, :, i:i + 3]) for i in (0, 3, 6)]
+                           + [encoder.encode(video[:, :, :5]), encoder.encode(video[:, :, 5:])])
+    for want, got in zip(*outputs):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
 def test_stream_refuses_a_different_batch_or_grid(vae):
     stream = vae.stream_decoder()
     with torch.no_grad():
