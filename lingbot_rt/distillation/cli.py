@@ -71,7 +71,7 @@ def cmd_dmd(args) -> int:
     from .config import DMDConfig
     from .job import DMDJob, train_from_env
     config = replace(_load_config(DMDConfig, args.config), **_given(
-        args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "strategy",
+        args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "data_loss_weight", "strategy",
         "activation_checkpointing"))
     load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips)
     job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic)
@@ -143,6 +143,8 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="rollouts per step per worker")
     p.add_argument("--generator-lr", type=float)
     p.add_argument("--critic-lr", type=float)
+    p.add_argument("--data-loss-weight", type=float,
+                   help="add this x the teacher-forcing loss on the real clips to the generator's (default 0)")
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.add_argument("--strategy", choices=STRATEGIES, help="ddp: whole replicas; fsdp: FSDP2 shards (14B class)")

@@ -108,6 +108,8 @@ class DMDConfig:
     min_sigma: float = 0.02         # DMD timesteps: shift(U(0, 1)) clamped to [min, max]
     max_sigma: float = 0.98
     ema_decay: float = 0.99
+    data_loss_weight: float = 0.0   # + this x the teacher-forcing flow-matching loss on the real clips in
+                                    # the generator's loss (0: DMD alone); keeps the student near the data
     steps: int = 2000               # critic steps (generator steps = steps / update_ratio)
     minutes: float | None = None
     log_every: int = 25
@@ -120,6 +122,8 @@ class DMDConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.data_loss_weight < 0:
+            raise ValueError(f"data_loss_weight must be >= 0, got {self.data_loss_weight}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.update_ratio < 1 or self.batch_size < 1:

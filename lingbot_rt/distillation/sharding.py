@@ -25,7 +25,7 @@ from ..model.dit import CausalWanModel
 from ..world.training import EMA
 
 # Methods called from outside a unit's forward; FSDP2 must gather the unit's parameters around them.
-ROOT_METHODS = ("forward_block", "start_sessions")
+ROOT_METHODS = ("forward_block", "start_sessions", "forward_teacher_forcing")
 CROSS_ATTENTION_METHODS = ("context_kv",)
 
 

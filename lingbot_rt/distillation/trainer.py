@@ -6,7 +6,8 @@ a frozen bidirectional teacher (real score) and a trained bidirectional critic (
 One step (Self-Forcing's `trainer/distillation.py` order):
   1. a shared exit step and the clips of the step's batch;
   2. every `update_ratio`-th step, the generator: a rollout with gradient at the exit step,
-     the DMD loss (`dmd.py`), an update (averaged over ranks, clipped), the EMA;
+     the DMD loss (`dmd.py`; plus `data_loss_weight` x the teacher-forcing flow-matching loss
+     on the batch's real clips, `causal_init.py`), an update (averaged over ranks, clipped), the EMA;
      the other steps roll out without gradient;
   3. the critic: flow matching on the (detached) rollout, an update.
 
@@ -51,7 +52,7 @@ from ..model.checkpoint import load_model, save_model
 from ..model.dit import CausalWanModel
 from ..world.latents import ConditionedClips
 from ..world.training import EMA, Budget, JsonlLog
-from .causal_init import STUDENT_DIR
+from .causal_init import STUDENT_DIR, teacher_forcing_loss
 from .config import DMDConfig
 from .distributed import Ranks, average_gradients
 from .dmd import critic_loss, dmd_loss, sample_sigma
@@ -61,6 +62,9 @@ from .sharding import ShardedEMA, checkpoint_blocks, load_sharded, set_trainable
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
+
+
+CRITIC_RECORD = ("step", "exit_step", "critic_loss", "critic_grad_norm")   # every step's own numbers
 
 
 def step_generator(seed: int, step: int, device, rank: int | None = None) -> torch.Generator:
@@ -213,6 +217,10 @@ class DMDTrainer:
             with autocast:
                 loss, stats = dmd_loss(x, self.teacher, self.critic, data, index, sigma, noise,
                                        config.student.guidance)
+                if config.data_loss_weight:
+                    stats["data_loss"] = teacher_forcing_loss(self.student, data, index, config.student.block_frames,
+                                                              shift, local)
+                    loss = loss + config.data_loss_weight * stats["data_loss"]
             grad_norm = self._update(self.student, self.generator_optimizer, loss)
             self.ema.update(self.student, self.step // config.update_ratio)
             record |= {"generator_loss": round(loss.item(), 6), "generator_grad_norm": round(grad_norm.item(), 4),
@@ -238,9 +246,14 @@ class DMDTrainer:
             (self.out / "train_config.json").write_text(json.dumps(
                 {**asdict(config), **self.sources, "world_size": self.ranks.world_size}, indent=2) + "\n")
         show = progress and self.ranks.rank == 0
+        generator_record: dict = {}       # the latest generator step's numbers, logged with every record
         with tqdm(total=config.steps, initial=self.step, desc="dmd", unit="step", disable=not show) as bar:
             while not self.ranks.agree_done(budget.done(self.step)):
                 record = self.train_step()
+                if "generator_loss" in record:
+                    generator_record = {"generator_step": record["step"],
+                                        **{k: v for k, v in record.items() if k not in CRITIC_RECORD}}
+                record = {**generator_record, **record}
                 bar.update(1)
                 if self.step % config.log_every == 0:
                     if self.ranks.rank == 0:

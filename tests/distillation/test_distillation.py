@@ -228,6 +228,28 @@ def test_one_dmd_step_changes_the_student_and_the_critic(dirs, data, tmp_path):
     assert "generator_loss" not in critic_only and torch.isfinite(torch.tensor(critic_only["critic_loss"]))
 
 
+def test_the_data_loss_joins_the_generator_loss_with_its_weight(dirs, data, tmp_path):
+    """Same step, same draws: the weighted run's generator loss is the DMD loss plus the weight
+    times the teacher-forcing loss it reports, and its update differs."""
+    plain = DMDTrainer(*dirs, data, tmp_path / "plain", DMD)
+    weighted = DMDTrainer(*dirs, data, tmp_path / "weighted", DMDConfig(**{**DMD.__dict__, "data_loss_weight": 0.5}))
+    a, b = plain.train_step(), weighted.train_step()
+    assert "data_loss" not in a and b["data_loss"] > 0
+    assert b["generator_loss"] == pytest.approx(a["generator_loss"] + 0.5 * b["data_loss"], rel=1e-4, abs=1e-6)
+    assert any(not torch.equal(v, weighted.student.state_dict()[k]) for k, v in plain.student.state_dict().items())
+    with pytest.raises(ValueError, match="data_loss_weight must be >= 0, got -1"):
+        DMDConfig(data_loss_weight=-1)
+
+
+def test_every_log_record_carries_the_latest_generator_step(dirs, data, tmp_path):
+    """Logged every 2 steps with a generator step every 2 (steps 0, 2): each record is a critic
+    step's, and carries the generator's numbers from the step before it."""
+    DMDTrainer(*dirs, data, tmp_path / "dmd", DMDConfig(**{**DMD.__dict__, "log_every": 2})).train(progress=False)
+    log = [json.loads(line) for line in (tmp_path / "dmd" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["generator_step"]) for r in log] == [(2, 1), (4, 3)]
+    assert all(r["generator_loss"] > 0 and r["critic_loss"] > 0 for r in log)
+
+
 def test_dmd_resumes_bit_identically(dirs, data, tmp_path):
     straight = DMDTrainer(*dirs, data, tmp_path / "straight", DMD)
     straight.train(progress=False)
