@@ -186,14 +186,22 @@ class DMDTrainer:
             save_model(model, self.out / STUDENT_DIR, class_name="WanModelFast")
 
     # ---- one step -----------------------------------------------------------------------
-    def _update(self, model: CausalWanModel, optimizer, loss: torch.Tensor) -> torch.Tensor:
+    def _update(self, model: CausalWanModel, optimizer,
+                *losses: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Build and backpropagate each loss in turn (each backward frees its graph before the next
+        loss is built: the DMD loss's rollout graph and the data loss's are never alive together),
+        average over ranks, clip, step. Returns the summed loss and the gradient norm."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=self.device)
+        for build in losses:
+            loss = build()
+            loss.backward()
+            total += loss.detach()
         if self.config.strategy == "ddp":         # fsdp: reduce-scattered during backward
             average_gradients(model, self.ranks)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
         optimizer.step()
-        return grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
+        return total, grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
 
     def train_step(self) -> dict:
         config, data, device = self.config, self.data, self.device
@@ -214,22 +222,33 @@ class DMDTrainer:
         if generator_step:
             sigma = sample_sigma(len(index), shift, low, high, local, device)
             noise = torch.randn(x.shape, generator=local, device=device)
-            with autocast:
-                loss, stats = dmd_loss(x, self.teacher, self.critic, data, index, sigma, noise,
-                                       config.student.guidance)
-                if config.data_loss_weight:
-                    stats["data_loss"] = teacher_forcing_loss(self.student, data, index, config.student.block_frames,
-                                                              shift, local)
-                    loss = loss + config.data_loss_weight * stats["data_loss"]
-            grad_norm = self._update(self.student, self.generator_optimizer, loss)
+            stats = {}
+
+            def distribution_matching() -> torch.Tensor:
+                with autocast:
+                    loss, more = dmd_loss(x, self.teacher, self.critic, data, index, sigma, noise,
+                                          config.student.guidance)
+                stats.update(more)
+                return loss
+
+            def data_term() -> torch.Tensor:
+                with autocast:
+                    loss = teacher_forcing_loss(self.student, data, index, config.student.block_frames, shift, local)
+                stats["data_loss"] = loss.detach()
+                return config.data_loss_weight * loss
+
+            losses = (distribution_matching, data_term) if config.data_loss_weight else (distribution_matching,)
+            loss, grad_norm = self._update(self.student, self.generator_optimizer, *losses)
             self.ema.update(self.student, self.step // config.update_ratio)
             record |= {"generator_loss": round(loss.item(), 6), "generator_grad_norm": round(grad_norm.item(), 4),
                        **{k: round(v.item(), 5) for k, v in stats.items()}}
         sigma = sample_sigma(len(index), shift, low, high, local, device)
         noise = torch.randn(x.shape, generator=local, device=device)
-        with autocast:
-            loss = critic_loss(self.critic, x, data, index, sigma, noise)
-        grad_norm = self._update(self.critic, self.critic_optimizer, loss)
+
+        def critic_term() -> torch.Tensor:
+            with autocast:
+                return critic_loss(self.critic, x, data, index, sigma, noise)
+        loss, grad_norm = self._update(self.critic, self.critic_optimizer, critic_term)
         self.step += 1
         return record | {"critic_loss": round(loss.item(), 6), "critic_grad_norm": round(grad_norm.item(), 4)}
 
