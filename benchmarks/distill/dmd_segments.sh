@@ -2,7 +2,8 @@
 # Longer DMD of the built-in world's students, in segments: every run in RUNS continues from its
 # own checkpoint for SEG_MIN minutes, side by side on one GPU, and every student (the EMA) is
 # evaluated on the held-out clips after every segment (eval_<run>_<segment>/, side by side too).
-# Resumes. A run is name=initial-student:lr[:data-loss-weight].
+# Resumes. A run is name=initial-student:lr[:data-loss-weight[:config-yaml]] (its own DMDConfig
+# YAML instead of CONFIG).
 #   RUNS="a=students/dmd_init_tf:2e-5 b=students/dmd_init_tf:5e-5:0.5" SEGMENTS=3 SEG_MIN=6 \
 #       bash benchmarks/distill/dmd_segments.sh
 set -euo pipefail
@@ -16,11 +17,11 @@ stamp gen-data
 for segment in $(seq 1 "$SEGMENTS"); do
     stamp "DMD segment $segment of $SEGMENTS ($SEG_MIN min): $RUNS"
     for run in $RUNS; do
-        name=${run%%=*}; IFS=: read -r init lr weight <<< "${run#*=}"
+        name=${run%%=*}; IFS=: read -r init lr weight config <<< "${run#*=}"; config=${config:-$CONFIG}
         $distill dmd --student "$init" --teacher "$TEACHER" --data "$ROOT/data" --vae "$WEIGHTS" --device "$DEVICE" \
             --out "$ROOT/dmd_$name" --batch-size "$DMD_BATCH" --generator-lr "$lr" --critic-lr "$lr" \
             ${weight:+--data-loss-weight "$weight"} \
-            --steps 1000000 --minutes "$SEG_MIN" ${CONFIG:+--config "$CONFIG"} >> "$ROOT/dmd_$name.log" 2>&1 &
+            --steps 1000000 --minutes "$SEG_MIN" ${config:+--config "$config"} >> "$ROOT/dmd_$name.log" 2>&1 &
     done
     wait
     for run in $RUNS; do
