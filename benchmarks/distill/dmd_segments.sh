@@ -13,7 +13,7 @@ CONFIG=${CONFIG:-}               # a DMDConfig YAML (e.g. ema_decay); the flags 
 DMD_BATCH=${DMD_BATCH:-128}; CLIPS=${CLIPS:-1024}; HELDOUT=${HELDOUT:-64}
 
 stamp gen-data
-[ -f "$ROOT/heldout/meta.json" ] || gen_data "$CLIPS" "$HELDOUT"
+[ -f "$ROOT/heldout/dataset.json" ] || gen_data "$CLIPS" "$HELDOUT"
 for segment in $(seq 1 "$SEGMENTS"); do
     stamp "DMD segment $segment of $SEGMENTS ($SEG_MIN min): $RUNS"
     for run in $RUNS; do
