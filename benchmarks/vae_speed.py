@@ -40,12 +40,7 @@ def padded_inputs(vae: WanVAE, run) -> list[tuple[CausalConv3d, torch.Tensor]]:
     calls = []
 
     def hook(conv, args):
-        x, past = args[0], args[1] if len(args) > 1 else None
-        time_pad = conv.time_pad
-        if past is not None and time_pad > 0:
-            x = torch.cat([past, x], 2)
-            time_pad -= past.shape[2]
-        calls.append((conv, F.pad(x, (*conv.space_pad, time_pad, 0))))
+        calls.append((conv, conv.padded(*args)))
     handles = [m.register_forward_pre_hook(hook) for m in vae.modules() if isinstance(m, CausalConv3d)]
     run()
     for handle in handles:
@@ -63,22 +58,9 @@ def conv_variants(conv: CausalConv3d, x: torch.Tensor) -> dict[str, float]:
     return times
 
 
-LIBRARY_FORWARD = CausalConv3d.forward
-
-
 def folded_everywhere(enabled: bool) -> None:
-    """Make every stride-1-in-time CausalConv3d use the folded conv2d on any device, or put the
-    library's forward back."""
-    def forward(self, x, past=None):
-        time_pad = self.time_pad
-        if past is not None and time_pad > 0:
-            x = torch.cat([past, x], 2)
-            time_pad -= past.shape[2]
-        x = F.pad(x, (*self.space_pad, time_pad, 0))
-        if self.stride[0] == 1:
-            return self._as_conv2d(x)
-        return F.conv3d(x, self.weight, self.bias, self.stride)
-    CausalConv3d.forward = forward if enabled else LIBRARY_FORWARD
+    """Make every stride-1-in-time CausalConv3d use the folded conv2d on the GPU too, or not."""
+    CausalConv3d.fold_time_on = ("cpu", "cuda") if enabled else ("cpu",)
 
 
 def main():

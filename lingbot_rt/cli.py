@@ -27,6 +27,11 @@ def _dtype(name: str):
         raise argparse.ArgumentTypeError(f"dtype must be one of {sorted(DTYPES)}") from None
 
 
+def _dtype_name(dtype) -> str | None:
+    """torch.bfloat16 -> "bfloat16" (the Serve app's arguments are plain data); None stays None."""
+    return str(dtype).removeprefix("torch.") if dtype else None
+
+
 def cmd_make_tiny_checkpoint(args) -> int:
     from .pipeline.tiny_checkpoint import make_tiny_checkpoint
     out = make_tiny_checkpoint(args.out, config=args.config, control_type=args.control, num_shards=args.shards,
@@ -45,11 +50,9 @@ def cmd_inspect_checkpoint(args) -> int:
 
 
 def _stream_config(args):
-    from .pipeline import StreamConfig
     from .pipeline.release import release_stream_config
-    config = StreamConfig.from_yaml(args.config) if args.config else release_stream_config(args.checkpoint)
-    return config.with_overrides(height=args.height, width=args.width, commit=args.commit, compile=args.compile,
-                                 fused_qkv=args.fused_qkv or None)
+    return release_stream_config(args.checkpoint, args.config, height=args.height, width=args.width,
+                                 commit=args.commit, compile=args.compile, fused_qkv=args.fused_qkv or None)
 
 
 def _load_pipeline(args, config):
@@ -113,8 +116,8 @@ def cmd_serve(args) -> int:
         checkpoint=str(Path(args.checkpoint).absolute()) if args.ingress == "serve" else args.checkpoint,
         config=args.config, height=args.height, width=args.width, commit=args.commit, compile=args.compile,
         fused_qkv=args.fused_qkv, max_sessions=args.max_sessions, warm_up_blocks=args.warm_up,
-        stages=args.stages, device=args.device, dtype=str(args.dtype).removeprefix("torch.") if args.dtype else None,
-        vae_dtype=str(args.vae_dtype).removeprefix("torch.") if args.vae_dtype else None,
+        stages=args.stages, device=args.device, dtype=_dtype_name(args.dtype),
+        vae_dtype=_dtype_name(args.vae_dtype),
         text_device=args.text_device,
         scheduler=SchedulerConfig(max_batch=args.max_batch, max_waiting=args.max_waiting, pace=args.pace,
                                   lead=args.lead),
@@ -192,7 +195,8 @@ def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | N
     p.add_argument("--vae-dtype", type=_dtype, help="VAE dtype (default: the DiT's; fp32 is upstream's choice)")
     p.add_argument("--commit", choices=COMMIT_MODES, help="how a block enters the KV cache: a clean pass (5 "
                    "forwards per block) or the last denoising pass (4); default: the stream config's")
-    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the DiT block (an inductor mode) and the VAE's streaming encoder and decoder")
+    p.add_argument("--compile", choices=COMPILE_MODES,
+                   help="torch.compile the DiT block (an inductor mode) and the VAE's streaming encoder and decoder")
     p.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
 
 

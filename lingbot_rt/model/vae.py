@@ -145,6 +145,11 @@ def _per_frame(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class CausalConv3d(nn.Conv3d):
     """Conv3d padded in time on the left only (2 * pad_t frames): output frame t sees input <= t."""
 
+    # device types on which a stride-1-in-time conv runs as one conv2d with time folded into
+    # channels (`_as_conv2d`): faster on the CPU, slower than cuDNN's conv3d on an H100
+    # (`benchmarks/vae_speed.py`)
+    fold_time_on: tuple[str, ...] = ("cpu",)
+
     def __init__(self, in_dim: int, out_dim: int, kernel_size, stride=1, padding=0):
         super().__init__(in_dim, out_dim, kernel_size, stride=stride)
         pad_t, pad_h, pad_w = padding if isinstance(padding, tuple) else (padding,) * 3
@@ -154,14 +159,19 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, T, H, W]; past [B, C, <= time_pad, H, W] replaces that much zero padding."""
+        x = self.padded(x, past)
+        if x.device.type in self.fold_time_on and self.stride[0] == 1:
+            return self._as_conv2d(x)
+        return super().forward(x)
+
+    def padded(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        """The convolution's input: `past` frames, then zeros, in front of x in time; zeros around
+        it in space."""
         time_pad = self.time_pad
         if past is not None and time_pad > 0:
             x = torch.cat([past, x], 2)
             time_pad -= past.shape[2]
-        x = F.pad(x, (*self.space_pad, time_pad, 0))
-        if x.device.type == "cpu" and self.stride[0] == 1:
-            return self._as_conv2d(x)
-        return super().forward(x)
+        return F.pad(x, (*self.space_pad, time_pad, 0))
 
     def _as_conv2d(self, x: torch.Tensor) -> torch.Tensor:
         """The same convolution as one conv2d over every output frame's window of input

@@ -130,12 +130,15 @@ def load_release(root: str | Path, *, device: torch.device | str = "cpu", dtype:
     return Release(dit, vae, text_encoder, manifest)
 
 
-def release_stream_config(root: str | Path) -> "StreamConfig":
-    """The stream config a release root's manifest names (`StreamConfig()` at 480x832 without one)."""
+def release_stream_config(root: str | Path, config_yaml: str | Path | None = None, **overrides) -> "StreamConfig":
+    """The stream config a release root's manifest names (`StreamConfig()` at 480x832 without one),
+    or the YAML's when given, with the `overrides` that are not None (command-line options)."""
+    from .streaming import StreamConfig
     root = Path(root)
     if not root.is_dir():
         raise CheckpointError(f"release root {root} is not a directory")
-    return ReleaseManifest.read(root).stream_config()
+    config = StreamConfig.from_yaml(config_yaml) if config_yaml else ReleaseManifest.read(root).stream_config()
+    return config.with_overrides(**overrides)
 
 
 def load_release_vae(root: str | Path, *, device: torch.device | str = "cpu",

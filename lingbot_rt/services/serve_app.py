@@ -138,8 +138,7 @@ def load_executor(args: ServeAppArgs) -> Executor:
     blocks = args.warm_up_blocks
     if blocks is None:                       # a compiled block recompiles until the window is full
         cache = executor.config.cache()
-        blocks = 0 if executor.config.compile == "off" else \
-            -(-(cache.sink_frames + cache.window_frames) // cache.block_frames) + 1
+        blocks = 0 if executor.config.compile == "off" else -(-cache.cache_frames // cache.block_frames) + 1
     if blocks:
         start = time.perf_counter()
         executor.warm_up((1, 2, args.scheduler.max_batch), blocks)
@@ -153,11 +152,11 @@ def _load_stages(args: ServeAppArgs) -> Executor:
     (ray: joins the running Ray, or starts one)."""
     import torch
 
-    from ..pipeline import StreamConfig, StreamingInference
+    from ..pipeline import StreamingInference
     from ..pipeline.release import release_stream_config
-    config = StreamConfig.from_yaml(args.config) if args.config else release_stream_config(args.checkpoint)
-    config = config.with_overrides(height=args.height, width=args.width, commit=args.commit, compile=args.compile,
-                                   fused_qkv=args.fused_qkv or None, max_sessions=args.max_sessions)
+    config = release_stream_config(args.checkpoint, args.config, height=args.height, width=args.width,
+                                   commit=args.commit, compile=args.compile, fused_qkv=args.fused_qkv or None,
+                                   max_sessions=args.max_sessions)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     vae_dtype = getattr(torch, DTYPES[args.vae_dtype]) if args.vae_dtype else None
     if args.stages == "in-process":
