@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gpu_timing import RegionTimer, count_flops, matmul_ceiling
+from gpu_timing import RegionTimer, count_flops, matmul_ceiling, profile_kernels
 from random_models import one_layer_text_encoder, random_dit, steady_block
 from results_io import finish
 
@@ -96,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
     ap.add_argument("--fp8", action="store_true", help="e4m3 rowwise-scaled linears in the DiT blocks")
     ap.add_argument("--jpeg-quality", type=int, default=85)
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed stream, profile one steady denoising pass and one decode: kernel time by "
+                         "kind (attention, GEMM, fused, copies, other), the top kernels, and idle time")
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
     if args.blocks < 2 or args.warmup < 0:
@@ -151,6 +154,23 @@ def probe_block(dit: CausalWanModel, vae: WanVAE, args, latent_hw, timesteps: li
         out["fp8_linears"] = convert_to_fp8(dit.blocks, dit.dtype)
         out["transform_rel_err"]["fp8"] = relative_error(one_pass(timesteps[-1]), reference)
     return out
+
+
+@torch.no_grad()
+def profile_block(dit: CausalWanModel, vae: WanVAE, args, latent_hw, timestep: float) -> dict:
+    """Kernel profiles of one denoising pass of a steady block (the model as timed: compiled,
+    fused, FP8 as requested) and of one block's decode."""
+    steady = steady_block(dit, CacheConfig(sink_frames=args.sink, window_frames=args.window), latent_hw)
+    t = torch.full((1,), timestep, device=dit.device)
+    one_pass = lambda: dit.forward_block(steady.x, t, steady.cache, steady.slot_ids, y=steady.y,
+                                         control=steady.control)
+    one_pass()                                    # a new cache object: any guard re-check happens here
+    decoder = vae.stream_decoder()
+    latents = torch.randn(1, 16, 3, *latent_hw, device=dit.device, dtype=vae.dtype)
+    decoder.decode(latents)
+    decoder.decode(latents)
+    return {"denoising_pass": profile_kernels(one_pass, dit.device),
+            "decode": profile_kernels(lambda: decoder.decode(latents), dit.device)}
 
 
 def gemm_shapes(dit: CausalWanModel, tokens: int, fused_qkv: bool) -> list[tuple[int, int, int]]:
@@ -303,6 +323,7 @@ def main(argv=None):
                                       config)
         timer = RegionTimer(dev)
         time_passes(pipeline.dit, timer)
+        kv_cache_bytes = pipeline.cache.nbytes()
         image = np.random.RandomState(0).randint(0, 256, (height, width, 3), dtype=np.uint8)
         start = time.perf_counter()
         if args.warmup:
@@ -312,6 +333,11 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats(dev)
         num_blocks = max(args.blocks, args.long)
         rows = run_stream(pipeline, timer, num_blocks, args, image)
+        # the timed stream's peak (the profile below holds a second KV cache)
+        peak = {"peak_memory_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)} if dev.type == "cuda" else {}
+        if args.profile:
+            del pipeline                              # its KV cache: the profile builds its own
+            profile = profile_block(dit, vae, args, latent_hw, schedule.timesteps[1])
     ceiling = max(rates.values())
     result = {
         "command": " ".join(sys.argv), "model": args.model,
@@ -323,7 +349,7 @@ def main(argv=None):
                      "attention": args.attention, "fused_qkv": args.fused_qkv, "fp8": args.fp8,
                      "jpeg_quality": args.jpeg_quality},
         "build_s": round(build_s, 2), "warmup_s": round(warmup_s, 2), "warmup_blocks": args.warmup,
-        "kv_cache_gib": round(pipeline.cache.nbytes() / 2**30, 3),
+        "kv_cache_gib": round(kv_cache_bytes / 2**30, 3),
         "matmul_tflops": rates, "matmul_ceiling_tflops": ceiling,
         "summary": summarise(rows, probe, ceiling, 1, args.blocks),
         "transform_rel_err": {k: float(f"{v:.3g}") for k, v in probe["transform_rel_err"].items()},
@@ -337,7 +363,9 @@ def main(argv=None):
         result["summary_steady"] = summarise(rows, probe, ceiling, args.steady_from, num_blocks)
     if args.long:
         result["flat_cost"] = flat_cost(rows, num_blocks)
-    finish(result, dev, args.out)
+    if args.profile:
+        result["profile"] = profile
+    finish(result | peak, dev, args.out)
 
 
 if __name__ == "__main__":

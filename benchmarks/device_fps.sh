@@ -6,6 +6,8 @@
 #
 #   bash benchmarks/device_fps.sh            # main: world, wan-1.3b 480p/720p, lingbot-14b 480p, flat cost
 #   bash benchmarks/device_fps.sh ablation   # wan-1.3b 480p: each switch on its own, then all, then + FP8
+#   bash benchmarks/device_fps.sh profile    # where a pass's time goes (14B bf16/FP8, wan-1.3b + compiled VAE)
+#   bash benchmarks/device_fps.sh long       # wan-1.3b 480p, compiled VAE: 500 blocks, flat per-block cost
 #   OUT=/tmp/fps bash benchmarks/device_fps.sh smoke   # the script itself on a CPU
 #
 # Run on the device as: bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/device_fps.sh
@@ -49,10 +51,18 @@ case $SET in
     bench abl_best_fp8 90 --model wan-1.3b --resolution 480p $BEST --fp8
     bench abl_14b_best_fp8 150 --model lingbot-14b --resolution 480p $BEST --fp8 --blocks 11
     ;;
-  smoke)      # the script itself, on a CPU, in seconds
-    bench smoke_tiny 120 --model tiny --resolution 64x64 --device cpu --dtype fp32 --warmup 1 --blocks 3
+  profile)   # limits sum to 540 s
+    bench wan-1.3b_480p_best_cvae 140 --model wan-1.3b --resolution 480p $BEST --compile-vae --blocks 21 --profile
+    bench lingbot-14b_480p_best_fp8_prof 200 --model lingbot-14b --resolution 480p $BEST --fp8 --blocks 13 --profile
+    bench lingbot-14b_480p_best_prof 200 --model lingbot-14b --resolution 480p $BEST --blocks 13 --profile
     ;;
-  *) echo "unknown set $SET (main, ablation or smoke)"; exit 2 ;;
+  long)      # ~0.65 s a block: 500 blocks + warm-up in ~7 minutes
+    bench wan-1.3b_480p_long500 560 --model wan-1.3b --resolution 480p $BEST --compile-vae --long 500
+    ;;
+  smoke)      # the script itself, on a CPU, in seconds
+    bench smoke_tiny 120 --model tiny --resolution 64x64 --device cpu --dtype fp32 --warmup 1 --blocks 3 --profile
+    ;;
+  *) echo "unknown set $SET (main, ablation, profile, long or smoke)"; exit 2 ;;
 esac
 echo "total $((SECONDS - start))s"
 python - "$OUT" <<'PY'
@@ -65,10 +75,16 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("fps_*.json")):
                  s["sustained_fps"], s["pipelined_fps_bound"], "+".join(f"{x * 1e3:.0f}" for x in s["step_s_mean"]),
                  f"{s['commit_s_mean'] * 1e3:.0f}", f"{s['decode_s_mean'] * 1e3:.0f}", f"{s['encode_s_mean'] * 1e3:.0f}",
                  s["first_frame_s"], s["action_to_frame_s"]["mean"], r.get("peak_memory_gib"),
-                 s["fraction_of_matmul_ceiling"]["dit"], r.get("flat_cost", {}).get("ratio", "")))
+                 s["fraction_of_matmul_ceiling"]["dit"], r.get("flat_cost", {}).get("ratio", ""),
+                 "/".join(str(r["summary_steady"][k]) for k in ("sustained_fps", "pipelined_fps_bound"))
+                 if "summary_steady" in r else ""))
 head = ("run", "size", "commit/compile/attn", "FPS", "pipelined", "steps ms", "commit", "decode", "jpeg",
-        "first s", "act->frame s", "GiB", "DiT/ceil", "flat")
+        "first s", "act->frame s", "GiB", "DiT/ceil", "flat", "steady FPS/pipelined")
 print(" | ".join(head))
 for row in rows:
     print(" | ".join(str(v) for v in row))
+for path in sorted(pathlib.Path(sys.argv[1]).glob("fps_*.json")):
+    for part, p in json.loads(path.read_text()).get("profile", {}).items():
+        kinds = ", ".join(f"{k} {v}" for k, v in p["kernel_ms_by_kind"].items())
+        print(f"{path.stem[4:]} {part}: wall {p['wall_ms']} ms, kernels {p['kernel_ms']} ms ({kinds})")
 PY

@@ -81,3 +81,49 @@ def count_flops(fn) -> tuple[int, dict[str, int]]:
         fn()
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
     return counter.get_total_flops(), by_op
+
+
+KERNEL_KINDS = (("attention", ("sdpa", "fmha", "flash", "attention", "attn")),
+                ("convolution", ("conv", "fprop", "dgrad", "wgrad")),
+                ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "scaled_mm", "addmm", "mm")),
+                ("fused (compiled)", ("triton",)),
+                ("copy", ("copy", "cat", "memcpy", "memset")))
+
+
+def kernel_kind(name: str) -> str:
+    """Which kind of work a kernel (or, on the CPU, an aten op) name is: attention, convolution, gemm, the
+    compiler's fused element-wise/reduction kernels, copies, or other."""
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(mark in lowered for mark in marks)), "other")
+
+
+def profile_kernels(fn, device: torch.device, top: int = 12) -> dict:
+    """Run fn() once under torch.profiler: its wall time, the time its kernels took (CUDA; on
+    the CPU the aten ops' self time) by kind and the `top` kernels by total time. Wall time
+    minus kernel time is when the device sat idle (launch-bound gaps)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+    if cuda:
+        rows = [(e.key, e.self_device_time_total, e.count) for e in prof.key_averages()
+                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    else:
+        rows = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()
+                if e.key.startswith("aten::") and e.self_cpu_time_total > 0]
+    kernel_us = sum(us for _, us, _ in rows)
+    by_kind: dict[str, float] = {}
+    for name, us, _ in rows:
+        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + us
+    rows.sort(key=lambda row: -row[1])
+    return {"wall_ms": round(wall * 1e3, 2), "kernel_ms": round(kernel_us / 1e3, 2),
+            "kernel_ms_by_kind": {kind: round(us / 1e3, 2) for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": name[:160], "ms": round(us / 1e3, 3), "calls": count, "kind": kernel_kind(name)}
+                            for name, us, count in rows[:top]]}

@@ -16,7 +16,7 @@ TINY = ("--model", "tiny", "--resolution", "64x64", "--device", "cpu", "--dtype"
 def test_tiny_run_reports_every_field(tmp_path):
     out = tmp_path / "fps.json"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_fps.py"), *TINY, "--blocks", "4", "--warmup", "1",
-                           "--long", "30", "--commit", "last_step", "--fused-qkv", "--fp8", "--out", str(out)],
+                           "--long", "30", "--commit", "last_step", "--fused-qkv", "--fp8", "--profile", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -35,6 +35,24 @@ def test_tiny_run_reports_every_field(tmp_path):
     assert len(per_block["steps_s"]) == 30 and len(per_block["block_s"]) == 29
     assert result["flat_cost"]["blocks"] == 30 and result["flat_cost"]["ratio"] > 0
     assert {"device", "torch", "commit", "command"} <= result.keys()
+    for profiled in result["profile"].values():          # one denoising pass, one decode
+        assert 0 < profiled["kernel_ms"] and 0 < profiled["wall_ms"]
+        assert sum(profiled["kernel_ms_by_kind"].values()) == pytest.approx(profiled["kernel_ms"], abs=0.05)
+        assert profiled["top_kernels"][0]["ms"] >= profiled["top_kernels"][-1]["ms"]
+    assert result["profile"]["denoising_pass"]["kernel_ms_by_kind"]["attention"] > 0
+    assert result["profile"]["denoising_pass"]["kernel_ms_by_kind"]["gemm"] > 0
+
+
+def test_kernel_kinds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    kernel_kind = importlib.import_module("gpu_timing").kernel_kind
+    assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert kernel_kind("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN") == "gemm"
+    assert kernel_kind("sm90_xmma_gemm_e4m3bf16_e4m3f32_f32_tn_n_tilesize128x128x128") == "gemm"
+    assert kernel_kind("triton_poi_fused_add_mul_native_layer_norm_12") == "fused (compiled)"
+    assert kernel_kind("aten::addmm") == "gemm" and kernel_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert kernel_kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kernel_kind("void at::native::elementwise_kernel<128, 2>") == "other"
 
 
 @pytest.mark.parametrize("flags, message", [
