@@ -78,7 +78,7 @@ def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: flo
     world = generate_map(map_seed)
     start = spawn_pose(world, 0)
     num_frames = int(round(minutes * 60 * FPS)) + 1
-    keys, _ = play(world, start, num_frames, seed)
+    keys, world_poses = play(world, start, num_frames, seed)     # world_poses[i]: frame i's camera
     renderer, intrinsics = Renderer(world), world.config.intrinsics(height, width)
     image = renderer.render(start[None], intrinsics, height, width)[0].numpy()
     per_minute, frames, poses, thumbs = [], [], [], []
@@ -90,8 +90,10 @@ def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: flo
         path = np.concatenate(poses)[:frames_per_minute]
         following = action_following(probe, torch.from_numpy(clip)[None].to(device),
                                      torch.from_numpy(path)[None].to(device))
-        truth = np.concatenate([renderer.render(torch.from_numpy(path[i:i + 96]), intrinsics, height, width).numpy()
-                                for i in range(0, len(path), 96)])
+        first = len(per_minute) * frames_per_minute                # the stream's frame i is the world's frame i
+        truth_poses = torch.from_numpy(world_poses[first:first + frames_per_minute])
+        truth = np.concatenate([renderer.render(truth_poses[i:i + 96], intrinsics, height, width).numpy()
+                                for i in range(0, len(truth_poses), 96)])
         stats, truth_stats = frame_statistics(clip), frame_statistics(truth)
         per_minute.append({"minute": len(per_minute) + 1, **stats, **following, "ground_truth": truth_stats,
                            "relative_to_truth": relative_to_truth(stats, truth_stats)})
