@@ -119,13 +119,13 @@ def test_sink_and_window_equal_explicit_reference(sink, window):
     ref = reference_forward(model, x[0], torch.zeros(num_frames), context[0], y[0], control[0],
                             sink_window_plan(num_frames, 3, sink, window))
     torch.testing.assert_close(streamed[0].double(), ref, atol=ATOL, rtol=1e-4)
-    assert cache.k.shape[2] == sink + window          # the cache never grew
+    assert cache.k.shape[2] == sink + window + 3      # the cache never grew: sink, window, the block's slots
 
 
 @torch.no_grad()
 def test_rollout_past_1024_latent_frames():
-    """Positions are cache-relative, so frame 1035 streams like frame 30: the output equals the
-    sink+window reference and no position exceeds sink + window + block - 1."""
+    """Attention sees cache-relative positions, so frame 1035 streams like frame 30: the output
+    equals the sink+window reference whose positions never exceed sink + window + block - 1."""
     model = make_model()
     num_frames = 1035
     x, y, control, context = make_inputs(model, frames=num_frames, height=2, width=2)
@@ -134,7 +134,8 @@ def test_rollout_past_1024_latent_frames():
     assert cache.num_frames == [num_frames]
     view = cache.view([0], 3)
     assert view.query_rotary.cos.shape[1] == 3   # 3 frames x 1 token
-    assert cache.num_visible(num_frames) + 3 == 21
+    assert len(cache.visible_frames(num_frames)) + 3 == 21 and view.attn_mask is None
+    assert cache.sink_placed == [num_frames - 3 - 15 - 3]    # the sink sits right before the window
     plan = sink_window_plan(num_frames, 3, 3, 15)
     assert max(p for group in plan for p in group[1]) == 20
     ref = reference_forward(model, x[0], torch.zeros(num_frames), context[0], y[0], control[0], plan, max_positions=21)

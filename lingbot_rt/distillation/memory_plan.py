@@ -208,7 +208,10 @@ def outside_saved_bytes(cfg: ModelConfig, grid: tuple[int, int, int], *, batch: 
     }
     if cfg.control_type is not None:
         out["control embedding"] = n * (cfg.control_channels * cfg.patch_volume + 4 * d) * w
-    if not text_in_cache:
+    if text_in_cache:
+        # streaming: the cache slots the block's K/V are placed at ([B, 1] rows, [B, frames] slots)
+        out["cache slot indices"] = batch * (1 + f) * 8
+    else:
         out["text embedding"] = text * (cfg.text_dim + 3 * d) * w
         # per block: cross-attention K, V (saved by attention) and norm_k's xf, rsqrt, output
         out["text K,V per block"] = layers * text * (2 * d * w + d * 4 + 4 + d * w)
@@ -285,7 +288,7 @@ def measure_transients(cfg: ModelConfig, grid: tuple[int, int, int], batch: int,
     * model_forward: a whole forward without gradient of a one-block model at `grid` (the
       embeddings, one block and the head; more blocks add nothing without gradient);
     * block_call: one `forward_block` without gradient of a one-block model against a full
-      cache of `cache_frames` frames (the roped cached keys, the concatenated K and V);
+      cache of `cache_frames` frames (the block written into its slots, the rows read in place);
     * block_backward: forward with gradient + backward of one block at `grid`'s tokens, above
       its inputs: what a checkpointed block recomputes, and its backward's gradients;
     * backward_extra: that peak minus what the forward saved (backward without checkpointing,

@@ -15,8 +15,6 @@ norms and head run in float32; the big linears and attention run in the weight d
 from __future__ import annotations
 
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from .attention import attention, block_causal_mask, teacher_forcing_mask
 from .config import CacheConfig, ModelConfig
 from .fp8 import Float8Linear
-from .kv_cache import KVCache
+from .kv_cache import KVCache, LayerKV
 from .rope import Rotary, rotary_for_frames
 from .sequence_parallel import SequenceParallel
 
@@ -70,16 +68,6 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
 
 
-@dataclass
-class CachedKV:
-    """One layer's cached self-attention K/V as a streaming forward reads them."""
-
-    k: torch.Tensor                    # [B, Fc*T, H', D] un-roped (H' = this rank's heads)
-    v: torch.Tensor                    # [B, Fc*T, H', D]
-    rotary: Rotary                     # the cached keys' rotations at their cache-relative positions
-    attn_mask: torch.Tensor | None     # bool [B, 1, 1, Fc*T + block tokens], None = all visible
-
-
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_index: int):
         super().__init__()
@@ -99,9 +87,10 @@ class SelfAttention(nn.Module):
             q, k, v = _linear(self.q, x), _linear(self.k, x), _linear(self.v, x)
         return self.norm_q(q).view(shape), self.norm_k(k).view(shape), v.view(shape)
 
-    def forward(self, x, rotary: Rotary, block_mask=None, past: CachedKV | None = None):
-        """x [B, L, dim] -> (output [B, L, dim], k un-roped, v), k/v [B, L', H', D]: the
-        tokens' own K/V as a streaming commit stores them. Without sequence parallelism L' = L
+    def forward(self, x, rotary: Rotary, block_mask=None, past: LayerKV | None = None):
+        """x [B, L, dim] -> (output [B, L, dim], k roped, v), k/v [B, L', H', D]: the
+        tokens' own K/V as a streaming commit stores them. With `past` the block's K/V join the
+        cached ones in their slots (`LayerKV.with_block`) and attention reads them there. Without sequence parallelism L' = L
         and H' = H; with it x holds this rank's L / N tokens, `rotary` covers the whole sequence,
         attention runs on the whole sequence and H / N heads (Ulysses), and L' = N L, H' = H / N."""
         q, k, v = self.qkv(x)
@@ -112,12 +101,11 @@ class SelfAttention(nn.Module):
         if past is None:
             out = attention(q_r, k_r, v, block_mask=block_mask)
         else:
-            cached_k = past.rotary.apply(past.k).to(dtype)
-            out = attention(q_r, torch.cat([cached_k, k_r], 1), torch.cat([past.v.to(dtype), v], 1),
-                            attn_mask=past.attn_mask)
+            keys, values = past.with_block(k_r, v)
+            out = attention(q_r, keys.to(dtype), values.to(dtype), attn_mask=past.attn_mask)
         if self.sequence_parallel is not None:
             out = self.sequence_parallel.heads_to_seq(out)
-        return _linear(self.o, out.flatten(2)), k, v
+        return _linear(self.o, out.flatten(2)), k_r, v
 
 
 class CrossAttention(nn.Module):
@@ -163,11 +151,12 @@ class DiTBlock(nn.Module):
             self.cam_shift_layer = nn.Linear(dim, dim)
 
     def forward(self, x, e0, rotary, text_k, text_v, control=None, *, block_mask=None,
-                past: CachedKV | None = None):
+                past: LayerKV | None = None):
         """x [B, L, dim] float32 residual; e0 [B, L, 6, dim] float32 per-token modulation.
         Returns the new residual, or with `past` (streaming) (residual, k, v): the block's
         self-attention K/V for the caller to commit (`SelfAttention.forward`). The cache
-        itself is never touched here, so a compiled block is one graph for every layer."""
+        arrives as the layer's tensors (`LayerKV`), so a compiled block is one graph for every
+        layer."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = \
             (self.modulation.float().unsqueeze(0) + e0).unbind(2)
         y, k, v = self.self_attn(self.norm1(x) * (1 + scale_msa) + shift_msa, rotary, block_mask, past)
@@ -472,14 +461,14 @@ class CausalWanModel(nn.Module):
         if grid[1:] != cache.grid_hw:
             raise ValueError(f"latent grid {grid[1:]} does not match the cache's {cache.grid_hw}")
         view = cache.view(slot_ids, num_frames)
+        cache.place_sink(view)
         e, e0 = self.embed_time(t, x.shape[0], grid)
         ctrl = self.embed_control(control) if control is not None else None
         h, e, e0, ctrl = self._shard(tokens, e, e0, ctrl)
         for block in self.blocks:
             layer = block.self_attn.layer_index
             text_k, text_v = cache.text_kv(layer, view)
-            past = CachedKV(*cache.read(layer, view), view.key_rotary, view.attn_mask)
-            h, k, v = block(h, e0, view.query_rotary, text_k, text_v, ctrl, past=past)
+            h, k, v = block(h, e0, view.query_rotary, text_k, text_v, ctrl, past=cache.layer(layer, view))
             if commit:  # after the layer's read: the block may overwrite frames it just attended to
                 cache.write(layer, view, k, v)
         if commit:

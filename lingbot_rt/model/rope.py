@@ -67,3 +67,13 @@ def rotary_for_frames(frame_positions: torch.Tensor, grid_hw: tuple[int, int], h
         ang_w.view(1, 1, 1, w, pairs_w).expand(b, f, h, w, pairs_w),
     ], dim=-1).reshape(b, f * h * w, -1)
     return Rotary(torch.cos(angles).float(), torch.sin(angles).float())
+
+
+def time_shift_rotary(shifts: torch.Tensor, head_dim: int, theta: float = 10000.0) -> Rotary:
+    """The rotation that moves keys roped at frame p to frame p + shift: the time pairs turn
+    by shift * their frequency, the height and width pairs stay. shifts [B] integer ->
+    cos/sin [B, 1, head_dim/2] (broadcast over the tokens)."""
+    pairs_t, pairs_h, pairs_w = axis_pairs(head_dim)
+    angles = shifts.to(torch.float64).unsqueeze(-1) * _inv_freq(pairs_t, theta, shifts.device)
+    angles = torch.cat([angles, angles.new_zeros(len(shifts), pairs_h + pairs_w)], dim=-1).unsqueeze(1)
+    return Rotary(torch.cos(angles).float(), torch.sin(angles).float())

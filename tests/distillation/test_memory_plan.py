@@ -123,7 +123,7 @@ def test_rollout_call_count_matches_saved_tensor_hooks(cache_cfg):
     cache_tensors = (cache.k, cache.v, cache.text_k, cache.text_v)
     for _ in range(3):                                   # empty slots (masked), then a full cache
         x, y, control, _ = tiny_inputs(cfg, frames, 4, 6)
-        masked = cache.num_visible(cache.num_frames[0]) < cache_cfg.cache_frames
+        masked = len(cache.visible_frames(cache.num_frames[0])) < cache_cfg.cache_frames
         measured, _ = mp.saved_bytes(model.forward_block, x, torch.tensor([500.0]), cache, [0], y=y, control=control,
                                      exclude=(*model.parameters(), *cache_tensors))
         block = mp.block_saved_bytes(cfg, frames * tokens_per_frame, masked=masked,

@@ -9,19 +9,20 @@ def make_cache(**kw):
 
 
 def test_frames_fill_sink_then_ring():
-    cache = make_cache(sink_frames=3, window_frames=4)
-    assert [cache.frame_slot(f) for f in range(12)] == [0, 1, 2, 3, 4, 5, 6, 3, 4, 5, 6, 3]
+    cache = make_cache(sink_frames=3, window_frames=4, block_frames=1)
+    # the ring holds the window (4) and the block (1)
+    assert [cache.frame_slot(f) for f in range(12)] == [0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 5, 6]
+    assert cache.k.shape[2] == 8
+    glob = make_cache(sink_frames=1, window_frames=4, rolling=False)
+    assert [glob.frame_slot(f) for f in range(5)] == [0, 1, 2, 3, 4] and glob.k.shape[2] == 5 and glob.sink_k is None
 
 
-def test_positions_are_absolute_until_the_window_fills_then_relative():
+def test_visible_frames_and_sink_shift():
     cache = make_cache(sink_frames=3, window_frames=4)
-    assert cache.visible_positions(0) == [None] * 7
-    assert cache.visible_positions(5) == [0, 1, 2, 3, 4, None, None]
-    assert cache.visible_positions(7) == [0, 1, 2, 3, 4, 5, 6]
-    # 10 committed: window holds frames 6..9 in slots 6,3,4,5 -> positions 3,4,5,6
-    assert cache.visible_positions(10) == [0, 1, 2, 4, 5, 6, 3]
-    assert cache.num_visible(10) == 7
-    assert cache.visible_positions(10**6) == cache.visible_positions(10**6 + 4 * 1000)
+    assert cache.visible_frames(0) == [] and cache.visible_frames(5) == [0, 1, 2, 3, 4]
+    assert cache.visible_frames(7) == [0, 1, 2, 3, 4, 5, 6] and cache.sink_shift(7) == 0
+    # 10 committed: the window holds frames 6..9 and the sink is moved to frames 3..5, right before it
+    assert cache.visible_frames(10) == [0, 1, 2, 6, 7, 8, 9] and cache.sink_shift(10) == 3
 
 
 def test_view_masks_empty_slots_and_checks_rows():
@@ -29,8 +30,11 @@ def test_view_masks_empty_slots_and_checks_rows():
     cache.mark_started([0, 1])
     cache.num_frames = [1, 4]
     view = cache.view([1, 0], 1)
-    assert view.attn_mask[:, 0, 0].tolist() == [[True, True, True, True], [True, False, False, True]]
-    assert view.write_slots.tolist() == [[2], [1]]
+    # row 1: sink 0, window frames 2, 3 (slots 2, 3), block frame 4 (slot 1); row 0: sink, block in slot 1
+    assert view.attn_mask[:, 0, 0].tolist() == [[True, True, True, True], [True, True, False, False]]
+    assert view.write_slots.tolist() == [[1], [1]]
+    assert view.sink_moves == ([1], [1]) and view.sink_frames == []
+    assert cache.view([0], 1).sink_moves is None
     with pytest.raises(IndexError, match="out of range"):
         cache.view([2], 1)
     with pytest.raises(ValueError, match="duplicate"):
