@@ -28,6 +28,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from lingbot_rt.model import CacheConfig, CausalWanModel
 from lingbot_rt.model.checkpoint import load_model
 from lingbot_rt.model.fp8 import convert_to_fp8
 from lingbot_rt.model.sampler import FAST_INDICES, FAST_SHIFT, FewStepSchedule
+from lingbot_rt.model.tiny_decoder import TinyDecoder, load_tiny_decoder, tiny_decoder_config
 from lingbot_rt.model.vae import SPACE_STRIDE, WanVAE, vae_config
 from lingbot_rt.pipeline import StreamConfig, StreamingInference
 from lingbot_rt.services.gateway import encode_jpeg
@@ -89,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=15)
     ap.add_argument("--commit", default="clean", choices=["clean", "last_step"])
     ap.add_argument("--compile", default="none", choices=COMPILE_MODES, help="torch.compile every DiT block")
+    ap.add_argument("--decoder", default="vae",
+                    help="decode the frames with the VAE (vae), or a tiny streaming decoder: a named size "
+                         "(wan2.1, world, tiny; random weights) or a trained decoder's directory")
     ap.add_argument("--compile-vae", action="store_true",
                     help="torch.compile the VAE's streaming encoder and decoder (what `serve --compile` does)")
     ap.add_argument("--attention", default="auto", choices=["auto", *SDPA_BACKENDS],
@@ -118,14 +123,23 @@ def build_models(args, dtype: torch.dtype, device: torch.device) -> tuple[Causal
     return random_dit(args.model, dtype, device), vae
 
 
+def build_decoder(args, dtype: torch.dtype, device: torch.device) -> TinyDecoder | None:
+    if args.decoder == "vae":
+        return None
+    if Path(args.decoder).is_dir():
+        return load_tiny_decoder(args.decoder, dtype, device)
+    return TinyDecoder(tiny_decoder_config(args.decoder)).to(device, dtype).eval()
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @torch.no_grad()
-def probe_block(dit: CausalWanModel, vae: WanVAE, args, latent_hw, timesteps: list[float]) -> dict:
+def probe_block(dit: CausalWanModel, vae: WanVAE | TinyDecoder, args, latent_hw, timesteps: list[float]) -> dict:
     """FLOPs of one steady-state block (DiT passes + decode) and the output error of each
     requested transform against the untransformed model. Applies the transforms to `dit`.
+    `vae` is what decodes the frames (the VAE or a tiny decoder).
     The errors are taken on a cache of the sink and one block (a pass's error does not need
     the whole window; the full-size cache and the FP8 weight copies do not fit beside each
     other next to a 14B model's bf16 weights)."""
@@ -163,7 +177,7 @@ def probe_block(dit: CausalWanModel, vae: WanVAE, args, latent_hw, timesteps: li
 
 
 @torch.no_grad()
-def profile_block(dit: CausalWanModel, vae: WanVAE, args, latent_hw, timestep: float) -> dict:
+def profile_block(dit: CausalWanModel, vae: WanVAE | TinyDecoder, args, latent_hw, timestep: float) -> dict:
     """Kernel profiles of one denoising pass of a steady block (the model as timed: compiled,
     fused, FP8 as requested) and of one block's decode."""
     steady = steady_block(dit, CacheConfig(sink_frames=args.sink, window_frames=args.window), latent_hw)
@@ -310,11 +324,12 @@ def main(argv=None):
     with torch.inference_mode():
         start = time.perf_counter()
         dit, vae = build_models(args, dtype, dev)
+        decoder = build_decoder(args, dtype, dev)
         use_attention_backend(dit, args.attention)
         params = dit.num_params()
         build_s = time.perf_counter() - start
         schedule = FewStepSchedule.from_indices(FAST_INDICES, FAST_SHIFT)
-        probe = probe_block(dit, vae, args, latent_hw, list(schedule.timesteps))
+        probe = probe_block(dit, decoder or vae, args, latent_hw, list(schedule.timesteps))
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         tokens = 3 * (latent_hw[0] // 2) * (latent_hw[1] // 2)
@@ -326,7 +341,7 @@ def main(argv=None):
         config = StreamConfig(height=height, width=width, commit=args.commit, sink_frames=args.sink,
                               window_frames=args.window)
         pipeline = StreamingInference(dit, vae, one_layer_text_encoder(dit.cfg.text_dim, dit.cfg.text_len, dev),
-                                      config)
+                                      config, decoder=decoder)
         timer = RegionTimer(dev)
         time_passes(pipeline.dit, timer)
         kv_cache_bytes = pipeline.cache.nbytes()
@@ -343,7 +358,7 @@ def main(argv=None):
         peak = {"peak_memory_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)} if dev.type == "cuda" else {}
         if args.profile:
             del pipeline                              # its KV cache: the profile builds its own
-            profile = profile_block(dit, vae, args, latent_hw, schedule.timesteps[1])
+            profile = profile_block(dit, decoder or vae, args, latent_hw, schedule.timesteps[1])
     ceiling = max(rates.values())
     result = {
         "command": " ".join(sys.argv), "model": args.model,
@@ -351,7 +366,7 @@ def main(argv=None):
         "resolution": [height, width], "dtype": args.dtype, "params": params, "tokens_per_block": tokens,
         "settings": {"steps": len(schedule.timesteps), "timesteps": [round(t, 1) for t in schedule.timesteps],
                      "sink": args.sink, "window": args.window, "commit": args.commit, "compile": args.compile,
-                     "compile_vae": args.compile_vae,
+                     "compile_vae": args.compile_vae, "decoder": args.decoder,
                      "attention": args.attention, "fused_qkv": args.fused_qkv, "fp8": args.fp8,
                      "jpeg_quality": args.jpeg_quality},
         "build_s": round(build_s, 2), "warmup_s": round(warmup_s, 2), "warmup_blocks": args.warmup,

@@ -35,6 +35,7 @@ from ..model.image_condition import ImageCondition, load_image
 from ..model.rollout import COMMIT_MODES, generate_block
 from ..model.sampler import FAST_INDICES, FAST_SHIFT, FewStepSchedule
 from ..model.text_encoder import TextEncoder
+from ..model.tiny_decoder import TinyDecoder, TinyStreamingDecoder
 from ..model.vae import SPACE_STRIDE, StreamingDecoder, WanVAE, video_to_uint8
 from .actions import Actions, action_source
 
@@ -106,7 +107,7 @@ class Session:
 
     slot: int
     condition: ImageCondition
-    decoder: StreamingDecoder
+    decoder: StreamingDecoder | TinyStreamingDecoder
     generator: torch.Generator
     intrinsics: np.ndarray                     # [fx, fy, cx, cy] in pixels of the frame
     pose: np.ndarray = field(default_factory=lambda: np.eye(4))     # after the last video frame
@@ -148,7 +149,7 @@ def latent_frame_ends(num_frames: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def decode_block(decoder: StreamingDecoder, latents: torch.Tensor) -> np.ndarray:
+def decode_block(decoder: StreamingDecoder | TinyStreamingDecoder, latents: torch.Tensor) -> np.ndarray:
     """The next block of one stream: latents [16, F, h, w] -> uint8 frames [T, H, W, 3]."""
     return video_to_uint8(decoder.decode(latents[None])[0]).cpu().numpy()
 
@@ -156,7 +157,10 @@ def decode_block(decoder: StreamingDecoder, latents: torch.Tensor) -> np.ndarray
 class StreamingInference:
     """A release's DiT, VAE and text encoder streaming up to `max_sessions` sessions."""
 
-    def __init__(self, dit: CausalWanModel, vae: WanVAE, text_encoder: TextEncoder, config: StreamConfig):
+    def __init__(self, dit: CausalWanModel, vae: WanVAE, text_encoder: TextEncoder, config: StreamConfig,
+                 decoder: TinyDecoder | None = None):
+        """`decoder`: decode the frames with this small decoder instead of the VAE's (the VAE
+        still encodes the start image and the I2V condition)."""
         if config.height is None or config.width is None:
             raise ValueError("StreamingInference needs the frame size: set StreamConfig height and width")
         if dit.cfg.text_dim != text_encoder.model.cfg.dim:
@@ -165,6 +169,7 @@ class StreamingInference:
         if dit.cfg.control_type is None:
             raise ValueError("this DiT has no camera path: it cannot be steered")
         self.dit, self.vae, self.text_encoder, self.config = dit.eval(), vae.eval(), text_encoder, config
+        self.decoder = None if decoder is None else decoder.eval()
         if config.fused_qkv:                 # inference transforms of the DiT this pipeline owns from here
             dit.fuse_qkv()
         if config.compile != "off":          # the DiT's blocks in the mode asked; the VAE's streaming
@@ -214,7 +219,8 @@ class StreamingInference:
         self.cache.reset([slot])
         self.dit.start_sessions(self.cache, [slot], features.to(self.device)[None])
         generator = torch.Generator(self.device).manual_seed(seed)
-        return Session(slot, condition, self.vae.stream_decoder(), generator, self.intrinsics.copy())
+        decoder = (self.decoder or self.vae).stream_decoder()
+        return Session(slot, condition, decoder, generator, self.intrinsics.copy())
 
     def close_session(self, session: Session) -> None:
         if session.slot in self._free_slots:

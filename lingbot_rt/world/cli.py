@@ -2,6 +2,7 @@
 
     lingbot-rt world gen-data --out data/world --clips 1000 --frames 81 --height 240 --width 416
     lingbot-rt world train-vae --data data/world --out runs/world/vae --minutes 5
+    lingbot-rt world train-decoder --data data/world --vae runs/world/vae --out runs/world/decoder --minutes 5
     lingbot-rt world train-teacher --data data/world --vae runs/world/vae --out runs/world/teacher --minutes 9
     lingbot-rt world eval --data data/world-heldout --vae runs/world/vae --teacher runs/world/teacher/teacher \
         --probe-data data/world --out runs/world/eval
@@ -37,6 +38,17 @@ def cmd_train_vae(args) -> int:
                             window_frames=args.window_frames, stats_windows=args.stats_windows)
     out = train_vae(args.data, args.out, config, max_clips=args.max_clips, device=_device(args.device))
     print(f"VAE written to {out}")
+    return 0
+
+
+def cmd_train_decoder(args) -> int:
+    from .train_decoder import DecoderTrainConfig, train_decoder
+    config = DecoderTrainConfig(decoder=args.decoder, batch_size=args.batch_size, steps=args.steps,
+                                minutes=args.minutes, lr=args.lr, seed=args.seed,
+                                episode_latents=args.episode_latents, block_latents=args.block_latents)
+    out = train_decoder(args.data, args.vae, args.out, config, max_clips=args.max_clips,
+                        heldout_clips=args.heldout_clips, device=_device(args.device))
+    print(f"tiny decoder written to {out}: {(out / 'eval.json').read_text()}")
     return 0
 
 
@@ -81,9 +93,15 @@ def cmd_eval(args) -> int:
                             steps=args.probe_steps)
         probe_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(probe.state_dict(), probe_path)
+    decoder = None
+    if args.decoder:
+        from ..model.tiny_decoder import load_tiny_decoder
+        decoder = load_tiny_decoder(args.decoder, device=device)
     report = evaluate_model(sample, vae, world_text_encoder(device), clips, probe.eval(), text_len=TEXT_LEN,
-                            out_dir=args.out)
+                            out_dir=args.out, decoder=decoder)
     summary = {k: report[k]["psnr_3s"] for k in ("model", "copy_first_frame", "vae_reconstruction")}
+    if decoder is not None:
+        summary["model_tiny_decoder"] = report["tiny_decoder"]["model"]["psnr_3s"]
     print(json.dumps({"psnr_3s": summary, "action_following": report["action_following"]}, indent=2))
     return 0
 
@@ -119,10 +137,10 @@ def cmd_release(args) -> int:
     return 0
 
 
-def _add_run_arguments(p: argparse.ArgumentParser, batch_size: int, steps: int) -> None:
+def _add_run_arguments(p: argparse.ArgumentParser, batch_size: int, steps: int, lr: float = 3e-4) -> None:
     """Options every training run takes (after its own)."""
     p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--steps", type=int, default=steps, help="total steps of the run")
     p.add_argument("--minutes", type=float, help="stop this invocation after this wall-clock time")
     p.add_argument("--max-clips", type=int)
@@ -157,6 +175,17 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _add_run_arguments(p, batch_size=16, steps=20_000)
     p.set_defaults(func=cmd_train_vae)
 
+    p = sub.add_parser("train-decoder", help="distil the world VAE's decoder into a small streaming decoder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--vae", required=True, help="a train-vae run directory (or the shipped weights directory)")
+    p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    p.add_argument("--decoder", default="world", help="named tiny decoder size (world, wan2.1, tiny)")
+    p.add_argument("--episode-latents", type=int, default=21, help="latent frames per episode (1 + 4(n-1) frames)")
+    p.add_argument("--block-latents", type=int, default=3, help="latent frames per optimiser step")
+    p.add_argument("--heldout-clips", type=int, default=16, help="the dataset's last clips, kept for eval.json")
+    _add_run_arguments(p, batch_size=32, steps=20_000, lr=1e-3)
+    p.set_defaults(func=cmd_train_decoder)
+
     p = sub.add_parser("train-teacher", help="train the world's bidirectional teacher DiT (flow matching)")
     p.add_argument("--data", required=True)
     p.add_argument("--vae", required=True, help="a train-vae run directory")
@@ -178,6 +207,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--steps", type=int, default=50, help="the teacher's sampling steps")
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--decoder", help="a train-decoder run directory: also score the frames it decodes")
     p.add_argument("--out", required=True)
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..model.config import CacheConfig
 from ..model.sampler import FewStepSchedule, sample_euler
+from ..model.tiny_decoder import TinyDecoder
 from ..model.vae import video_to_uint8
 from .clips import ClipTensors
 from .latents import ConditionedClips, condition_clips
@@ -124,14 +125,16 @@ def dit_flops_per_frame(sample: Sampler, data: ConditionedClips, video_frames: i
 
 @torch.no_grad()
 def evaluate_model(sample: Sampler, vae, text_encoder, clips: ClipTensors, probe: PoseProbe, *, text_len: int,
-                   batch_size: int = 8, seed: int = 0, out_dir: str | Path | None = None) -> dict:
+                   batch_size: int = 8, seed: int = 0, out_dir: str | Path | None = None,
+                   decoder: TinyDecoder | None = None) -> dict:
     """Generate every clip of `clips` from its first frame, prompt and poses with `sample` (a
-    `teacher_sampler` or `student_sampler`), and score it. Returns the report (also written to
-    out_dir)."""
+    `teacher_sampler` or `student_sampler`), and score it. With `decoder`, the same latents
+    are also decoded by that tiny decoder and scored (`tiny_decoder` in the report). Returns
+    the report (also written to out_dir)."""
     device = clips.frames.device
     data = condition_clips(clips, vae, text_encoder, text_len, device)
     generator = torch.Generator(device).manual_seed(seed)
-    generated, recon = [], []
+    generated, recon, tiny = [], [], []
     for start in tqdm(range(0, len(clips), batch_size), desc=f"sample ({sample.info['kind']})", unit="batch",
                       leave=False):
         index = torch.arange(start, min(start + batch_size, len(clips)), device=device)
@@ -140,6 +143,8 @@ def evaluate_model(sample: Sampler, vae, text_encoder, clips: ClipTensors, probe
             latents = sample(data, index, noise, generator)
         generated.append(video_to_uint8(vae.decode(latents.float())))
         recon.append(video_to_uint8(vae.decode(data.x0[index].float())))
+        if decoder is not None:
+            tiny.append(video_to_uint8(decoder.stream_decoder().decode(latents.float())))
     generated, recon = torch.cat(generated), torch.cat(recon)
     truth = clips.frames
     copy_first = truth[:, :1].expand_as(truth)
@@ -153,6 +158,11 @@ def evaluate_model(sample: Sampler, vae, text_encoder, clips: ClipTensors, probe
         "action_following": {"model": action_following(probe, generated, clips.poses),
                              "true_frames": action_following(probe, truth, clips.poses)},
     }
+    if decoder is not None:
+        tiny = torch.cat(tiny)
+        report["tiny_decoder"] = {"model": image_metrics(tiny, truth),
+                                  "against_vae_decode": image_metrics(tiny, generated),
+                                  "action_following": action_following(probe, tiny, clips.poses)}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
