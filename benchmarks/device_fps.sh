@@ -8,6 +8,7 @@
 #   bash benchmarks/device_fps.sh ablation   # wan-1.3b 480p: each switch on its own, then all, then + FP8
 #   bash benchmarks/device_fps.sh profile    # where a pass's time goes (14B bf16/FP8, wan-1.3b + compiled VAE)
 #   bash benchmarks/device_fps.sh tiny       # the tiny streaming decoder instead of the VAE's (random weights)
+#   bash benchmarks/device_fps.sh overlap    # tiny decoder + JPEG in a worker thread (as the gateway encodes)
 #   bash benchmarks/device_fps.sh long       # wan-1.3b 480p, tiny decoder: 500 blocks, flat per-block cost
 #   OUT=/tmp/fps bash benchmarks/device_fps.sh smoke   # the script itself on a CPU
 #
@@ -62,13 +63,18 @@ case $SET in
     bench lingbot-14b_480p_fp8_tiny 240 --model lingbot-14b --resolution 480p $BEST --fp8 --decoder wan2.1 --blocks 21
     bench wan-1.3b_720p_tiny 150 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --blocks 21
     ;;
+  overlap)   # limits sum to 510 s
+    bench lingbot-14b_480p_fp8_tiny_jt 240 --model lingbot-14b --resolution 480p $BEST --fp8 --decoder wan2.1 --jpeg-thread --blocks 21
+    bench wan-1.3b_480p_tiny_jt 120 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --jpeg-thread --blocks 31
+    bench wan-1.3b_720p_tiny_jt 150 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21
+    ;;
   long)      # ~0.45 s a block: 500 blocks + warm-up in ~5 minutes
     bench wan-1.3b_480p_long500 400 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --long 500
     ;;
   smoke)      # the script itself, on a CPU, in seconds
     bench smoke_tiny 120 --model tiny --resolution 64x64 --device cpu --dtype fp32 --warmup 1 --blocks 3 --profile
     ;;
-  *) echo "unknown set $SET (main, ablation, profile, tiny, long or smoke)"; exit 2 ;;
+  *) echo "unknown set $SET (main, ablation, profile, tiny, overlap, long or smoke)"; exit 2 ;;
 esac
 echo "total $((SECONDS - start))s"
 python - "$OUT" <<'PY'
@@ -78,7 +84,8 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("fps_*.json")):
     r = json.loads(path.read_text()); s = r["summary"]; st = r["settings"]
     rows.append((path.stem[4:], f"{r['resolution'][1]}x{r['resolution'][0]}",
                  f"{st['commit']}/{st['compile']}/{st['attention']}{'/qkv' if st['fused_qkv'] else ''}{'/fp8' if st['fp8'] else ''}"
-                 f"{'/dec=' + st['decoder'] if st.get('decoder', 'vae') != 'vae' else ''}",
+                 f"{'/dec=' + st['decoder'] if st.get('decoder', 'vae') != 'vae' else ''}"
+                 f"{'/jpeg-thread' if st.get('jpeg_thread') else ''}",
                  s["sustained_fps"], s["pipelined_fps_bound"], "+".join(f"{x * 1e3:.0f}" for x in s["step_s_mean"]),
                  f"{s['commit_s_mean'] * 1e3:.0f}", f"{s['decode_s_mean'] * 1e3:.0f}", f"{s['encode_s_mean'] * 1e3:.0f}",
                  s["first_frame_s"], s["action_to_frame_s"]["mean"], r.get("peak_memory_gib"),

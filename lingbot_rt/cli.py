@@ -52,7 +52,8 @@ def cmd_inspect_checkpoint(args) -> int:
 def _stream_config(args):
     from .pipeline.release import release_stream_config
     return release_stream_config(args.checkpoint, args.config, height=args.height, width=args.width,
-                                 commit=args.commit, compile=args.compile, fused_qkv=args.fused_qkv or None)
+                                 commit=args.commit, compile=args.compile, fused_qkv=args.fused_qkv or None,
+                                 decoder=args.decoder)
 
 
 def _load_pipeline(args, config):
@@ -115,7 +116,7 @@ def cmd_serve(args) -> int:
         # Serve's replicas may run elsewhere than this directory: give them an absolute path
         checkpoint=str(Path(args.checkpoint).absolute()) if args.ingress == "serve" else args.checkpoint,
         config=args.config, height=args.height, width=args.width, commit=args.commit, compile=args.compile,
-        fused_qkv=args.fused_qkv, max_sessions=args.max_sessions, warm_up_blocks=args.warm_up,
+        fused_qkv=args.fused_qkv, decoder=args.decoder, max_sessions=args.max_sessions, warm_up_blocks=args.warm_up,
         stages=args.stages, device=args.device, dtype=_dtype_name(args.dtype),
         vae_dtype=_dtype_name(args.vae_dtype),
         text_device=args.text_device,
@@ -183,7 +184,7 @@ def cmd_play(args) -> int:
 def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | None = None) -> None:
     """Options shared by the commands that load a release and stream from it."""
     from .model.rollout import COMMIT_MODES
-    from .pipeline.streaming import COMPILE_MODES
+    from .pipeline.streaming import COMPILE_MODES, DECODERS
     p.add_argument("--checkpoint", required=checkpoint_default is None, default=checkpoint_default,
                    help="release root (lingbot_world_fast/, VAE, umT5, tokenizer)")
     p.add_argument("--config", help="StreamConfig YAML (schedule, cache window, size, fps)")
@@ -198,6 +199,8 @@ def add_stream_arguments(p: argparse.ArgumentParser, checkpoint_default: str | N
     p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the DiT block (an inductor mode) and the VAE's streaming encoder and decoder")
     p.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
+    p.add_argument("--decoder", choices=DECODERS, help="what decodes the frames: the VAE or the release's "
+                   "distilled tiny decoder (tiny_decoder/); default: the stream config's")
 
 
 def build_parser() -> argparse.ArgumentParser:

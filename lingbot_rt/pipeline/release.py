@@ -5,6 +5,7 @@
     <root>/models_t5_umt5-xxl-enc-bf16.pth the umT5 encoder
     <root>/google/umt5-xxl/tokenizer.json  its tokenizer
     <root>/lingbot_rt.json                 optional: which named configs the files are
+    <root>/tiny_decoder/                   optional: a distilled streaming decoder (`stream.decoder: tiny`)
 
 Upstream's releases have no `lingbot_rt.json`; its absence means the full-size configs
 (`wan2.1` VAE, `umt5-xxl` encoder) at 480x832, streamed with LingBot-World-Fast's settings
@@ -27,6 +28,7 @@ from ..config_io import config_from_dict
 from ..model.checkpoint import CheckpointError, load_fast
 from ..model.dit import CausalWanModel
 from ..model.text_encoder import T5Config, TextEncoder, t5_config
+from ..model.tiny_decoder import TinyDecoder, load_tiny_decoder
 from ..model.vae import VAEConfig, WanVAE, load_vae, vae_config
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ VAE_FILE = "Wan2.1_VAE.pth"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
 MANIFEST_FILE = "lingbot_rt.json"
+TINY_DECODER_DIR = "tiny_decoder"
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,25 @@ def release_stream_config(root: str | Path, config_yaml: str | Path | None = Non
 
 def load_release_vae(root: str | Path, *, device: torch.device | str = "cpu",
                      dtype: torch.dtype = torch.float32) -> WanVAE:
-    """Only the release's VAE (what the VAE stage holds)."""
+    """Only the release's VAE."""
     root = Path(root)
     manifest = ReleaseManifest.read(root)
     return load_vae(_require(root / VAE_FILE, "VAE weights"), manifest.vae_config(), dtype=dtype, device=device)
+
+
+def load_release_decoder(root: str | Path, *, device: torch.device | str = "cpu",
+                         dtype: torch.dtype = torch.float32) -> TinyDecoder:
+    """The release's tiny streaming decoder (`<root>/tiny_decoder/`)."""
+    path = Path(root) / TINY_DECODER_DIR
+    if not path.is_dir():
+        raise CheckpointError(f"missing tiny decoder: {path} does not exist (stream with decoder: vae, or add one "
+                              f"trained by `lingbot-rt world train-decoder`)")
+    return load_tiny_decoder(path, dtype=dtype, device=device)
+
+
+def load_release_frames_decoder(root: str | Path, decoder: str, *, device: torch.device | str = "cpu",
+                                dtype: torch.dtype = torch.float32) -> WanVAE | TinyDecoder:
+    """What the VAE stage holds: the release's VAE (`decoder` "vae") or its tiny decoder ("tiny")."""
+    if decoder == "tiny":
+        return load_release_decoder(root, device=device, dtype=dtype)
+    return load_release_vae(root, device=device, dtype=dtype)

@@ -50,6 +50,7 @@ class CapacityError(RuntimeError):
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+DECODERS = ("vae", "tiny")      # what decodes the frames: the VAE's decoder or the release's tiny decoder
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class StreamConfig:
     compile: str = "off"                                 # torch.compile of the DiT block (off or an inductor
                                                          # mode) and of the VAE's streaming encoder and decoder
     fused_qkv: bool = False                              # one QKV GEMM per self-attention
+    decoder: str = "vae"                                 # or "tiny": the release's distilled streaming decoder
     max_sessions: int = 1
     intrinsics: tuple[float, float, float, float] = DEFAULT_INTRINSICS   # in 480x832 pixels
 
@@ -76,6 +78,8 @@ class StreamConfig:
             raise ValueError(f"commit must be one of {COMMIT_MODES}, got {self.commit!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.max_sessions < 1 or self.fps < 1:
             raise ValueError(f"max_sessions and fps must be >= 1, got {self.max_sessions}, {self.fps}")
         for size in (self.height, self.width):
@@ -189,12 +193,13 @@ class StreamingInference:
                      text_device=None) -> "StreamingInference":
         """Load a release root (`pipeline/release.py`), streamed as `config` says (default: as
         its manifest says); the frame size defaults to its native one."""
-        from .release import load_release
+        from .release import load_release, load_release_decoder
         release = load_release(root, device=device, dtype=dtype, vae_dtype=vae_dtype, text_device=text_device)
         config = config or release.manifest.stream_config()
         config = replace(config, height=config.height or release.manifest.height,
                          width=config.width or release.manifest.width)
-        return cls(release.dit, release.vae, release.text_encoder, config)
+        decoder = load_release_decoder(root, device=device, dtype=vae_dtype or dtype) if config.decoder == "tiny" else None
+        return cls(release.dit, release.vae, release.text_encoder, config, decoder=decoder)
 
     @property
     def device(self) -> torch.device:

@@ -45,7 +45,7 @@ import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from ..model.checkpoint import CheckpointError
-from ..pipeline.release import load_release_vae
+from ..pipeline.release import load_release_frames_decoder
 from ..pipeline.streaming import StreamConfig, StreamingInference
 from .executor import DenoisedBlock, Executor, StageError, cuda_memory
 from .stages import BlockRequest, DiTOutput, DiTStage, VAEStage
@@ -129,11 +129,12 @@ class DiTWorker(_StageWorker):
 
 
 class VAEWorker(_StageWorker):
-    """The VAE stage's actor (rank 1): the release's VAE, one streaming decoder per session."""
+    """The VAE stage's actor (rank 1): the release's VAE (or its tiny decoder: `decoder`), one
+    streaming decoder per session."""
 
-    def __init__(self, release: str, device: str, dtype: torch.dtype):
+    def __init__(self, release: str, device: str, dtype: torch.dtype, decoder: str = "vae"):
         self.device = torch.device(device)
-        self.stage = VAEStage(load_release_vae(release, device=device, dtype=dtype))
+        self.stage = VAEStage(load_release_frames_decoder(release, decoder, device=device, dtype=dtype))
 
     def open_session(self, session_id: str) -> None:
         self.stage.open_session(session_id)
@@ -175,7 +176,8 @@ class RayExecutor(Executor):
         actor = dict(num_cpus=ray_config.num_cpus, num_gpus=gpus, max_restarts=0)
         self.dit = ray.remote(DiTWorker).options(**actor).remote(str(root), config, device, dtype,
                                                                   ray_config.text_device)
-        self.vae = ray.remote(VAEWorker).options(**actor).remote(str(root), device, ray_config.vae_dtype or dtype)
+        self.vae = ray.remote(VAEWorker).options(**actor).remote(str(root), device, ray_config.vae_dtype or dtype,
+                                                                config.decoder)
         try:
             init_method = self._get(self.dit.address.remote(), "DiT", ray_config.start_timeout_s)   # loaded
             self._get(self.vae.__ray_ready__.remote(), "VAE", ray_config.start_timeout_s)

@@ -97,6 +97,7 @@ class ServeAppArgs:
     commit: str | None = None            # None: the stream config's ("clean" or "last_step")
     compile: str | None = None           # None: the stream config's; an inductor mode compiles the DiT block
     fused_qkv: bool = False              # one QKV GEMM per self-attention
+    decoder: str | None = None           # None: the stream config's ("vae" or "tiny")
     max_sessions: int = 4                # KV-cache slots per replica: sessions playing at once
     warm_up_blocks: int | None = None    # blocks played at batch sizes 1, 2 and max_batch before serving;
                                          # None: enough to fill the KV window when compiled, else none
@@ -156,6 +157,7 @@ def _load_stages(args: ServeAppArgs) -> Executor:
     from ..pipeline.release import release_stream_config
     config = release_stream_config(args.checkpoint, args.config, height=args.height, width=args.width,
                                    commit=args.commit, compile=args.compile, fused_qkv=args.fused_qkv or None,
+                                   decoder=args.decoder,
                                    max_sessions=args.max_sessions)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     vae_dtype = getattr(torch, DTYPES[args.vae_dtype]) if args.vae_dtype else None

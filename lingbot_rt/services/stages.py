@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..model.controls import KEYS
+from ..model.tiny_decoder import TinyDecoder, TinyStreamingDecoder
 from ..model.vae import StreamingDecoder, WanVAE
 from ..pipeline.streaming import BlockPlan, Session, StreamingInference, decode_block
 
@@ -95,11 +96,11 @@ class DiTStage:
 
 
 class VAEStage:
-    """One streaming decoder per session, over one VAE."""
+    """One streaming decoder per session, over one VAE (or a release's tiny decoder)."""
 
-    def __init__(self, vae: WanVAE):
+    def __init__(self, vae: WanVAE | TinyDecoder):
         self.vae = vae.eval()
-        self.decoders: dict[str, StreamingDecoder] = {}
+        self.decoders: dict[str, StreamingDecoder | TinyStreamingDecoder] = {}
 
     def open_session(self, session_id: str) -> None:
         if session_id in self.decoders:

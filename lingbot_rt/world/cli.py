@@ -125,7 +125,7 @@ def cmd_long_rollout(args) -> int:
 def cmd_export(args) -> int:
     from .shipped import SHIPPED_DIR, export_world_weights
     out = export_world_weights(args.out or SHIPPED_DIR, vae_dir=args.vae, teacher_dir=args.teacher,
-                               student_dir=args.student)
+                               student_dir=args.student, decoder_dir=args.decoder)
     print(f"world weights written to {out}")
     return 0
 
@@ -222,10 +222,11 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_long_rollout)
 
-    p = sub.add_parser("export", help="write a trained VAE, teacher or student in the shipped layout")
+    p = sub.add_parser("export", help="write a trained VAE, teacher, student or tiny decoder in the shipped layout")
     p.add_argument("--vae", help="a train-vae run directory (stored in bf16)")
     p.add_argument("--teacher", help="a model directory (a train-teacher run's teacher/; stored in bf16)")
     p.add_argument("--student", help="a distillation run's student/ (stored with FP8 matrices)")
+    p.add_argument("--decoder", help="a train-decoder run directory (stored in bf16)")
     p.add_argument("--out", help="output directory (default: the package's shipped weights)")
     p.set_defaults(func=cmd_export)
 

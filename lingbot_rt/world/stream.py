@@ -14,9 +14,10 @@ import torch
 from ..distillation.config import StudentSchedule
 from ..model.checkpoint import load_model
 from ..model.controls import INTRINSICS_SOURCE_HW
+from ..model.tiny_decoder import load_tiny_decoder
 from ..pipeline.streaming import StreamConfig, StreamingInference
 from .config import WorldConfig
-from .shipped import SHIPPED_DIR
+from .shipped import SHIPPED_DIR, shipped_decoder_dir
 from .text import world_text_encoder
 from .train_vae import load_trained_vae
 
@@ -32,16 +33,21 @@ def world_intrinsics(height: int = WORLD_SIZE, width: int = WORLD_SIZE) -> tuple
 
 
 def world_stream_config(student: StudentSchedule = StudentSchedule(), max_sessions: int = 1,
-                        size: int = WORLD_SIZE) -> StreamConfig:
+                        size: int = WORLD_SIZE, decoder: str = "tiny") -> StreamConfig:
+    """The world streams with its tiny decoder: the same frames as the VAE's decoder within the
+    evaluation's resolution (`weights/MODEL_CARD.md`), 12x faster on the CPU."""
     return StreamConfig(height=size, width=size, schedule_indices=student.indices, shift=student.shift,
                         block_frames=student.block_frames, sink_frames=student.sink_frames,
                         window_frames=student.window_frames, max_sessions=max_sessions,
-                        intrinsics=world_intrinsics(size, size))
+                        intrinsics=world_intrinsics(size, size), decoder=decoder)
 
 
 def world_streaming(student_dir: str | Path, *, device: torch.device | str = "cpu", vae_dir: str | Path = SHIPPED_DIR,
                     config: StreamConfig | None = None, dtype: torch.dtype = torch.float32) -> StreamingInference:
-    """A student model directory, the world's VAE and text encoder, streaming."""
+    """A student model directory, the world's VAE, tiny decoder (`config.decoder`) and text
+    encoder, streaming."""
+    config = config or world_stream_config()
     student = load_model(student_dir, dtype=dtype, device=device)
     vae = load_trained_vae(vae_dir, device=device)
-    return StreamingInference(student, vae, world_text_encoder(device), config or world_stream_config())
+    decoder = load_tiny_decoder(shipped_decoder_dir(vae_dir), device=device) if config.decoder == "tiny" else None
+    return StreamingInference(student, vae, world_text_encoder(device), config, decoder=decoder)
