@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..config_io import config_from_dict
 from .checkpoint import load_weights_file, save_weights_file
-from .vae import TIME_STRIDE
+from .vae import TIME_STRIDE, check_stream_block
 
 DECODER_WEIGHTS, DECODER_CONFIG = "decoder.safetensors", "decoder_config.json"
 
@@ -169,15 +169,8 @@ class TinyStreamingDecoder:
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """As `decode`, not clamped (training)."""
-        z_dim = self.decoder.config.z_dim
-        if z.ndim != 5 or z.shape[1] != z_dim or z.shape[2] < 1:
-            raise ValueError(f"latents must be [B, {z_dim}, T, h, w] with T >= 1, got shape {list(z.shape)}")
-        latent_shape = (z.shape[0], *z.shape[3:])
-        if self.latent_shape is None:
-            self.latent_shape = latent_shape
-        elif latent_shape != self.latent_shape:
-            raise ValueError(f"this stream decodes [B, h, w] = {list(self.latent_shape)}, got a block with "
-                             f"{list(latent_shape)}: start a new stream with decoder.stream_decoder()")
+        self.latent_shape = check_stream_block(z, self.decoder.config.z_dim, self.latent_shape,
+                                               "decoder.stream_decoder()")
         frames = self.decoder(z, self.memory)
         if self.num_latent_frames == 0:
             frames = frames[:, TIME_STRIDE - 1:]          # the first latent frame is one video frame

@@ -400,6 +400,19 @@ def _check_latents(z: torch.Tensor, z_dim: int) -> None:
         raise ValueError(f"latents must be [B, {z_dim}, T, h, w] with T >= 1, got shape {list(z.shape)}")
 
 
+def check_stream_block(z: torch.Tensor, z_dim: int, stream_shape: tuple[int, int, int] | None,
+                       new_stream: str) -> tuple[int, int, int]:
+    """Check the next block of a decoding stream's latents; returns its [B, h, w], which must be
+    the stream's (`stream_shape`; None before its first block). `new_stream` names the call that
+    starts another stream."""
+    _check_latents(z, z_dim)
+    shape = (z.shape[0], *z.shape[3:])
+    if stream_shape is not None and shape != stream_shape:
+        raise ValueError(f"this stream decodes [B, h, w] = {list(stream_shape)}, got a block with "
+                         f"{list(shape)}: start a new stream with {new_stream}")
+    return shape
+
+
 class WanVAE(nn.Module):
     """The Wan2.1 VAE: video in [-1, 1] <-> normalised latents, stride 4 x 8 x 8."""
 
@@ -530,13 +543,7 @@ class StreamingDecoder:
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Unnormalised latents -> the decoder's output, float32, not clamped (training)."""
-        _check_latents(z, self.vae.config.z_dim)
-        latent_shape = (z.shape[0], *z.shape[3:])
-        if self.latent_shape is None:
-            self.latent_shape = latent_shape
-        elif latent_shape != self.latent_shape:
-            raise ValueError(f"this stream decodes [B, h, w] = {list(self.latent_shape)}, got a block with "
-                             f"{list(latent_shape)}: start a new stream with vae.stream_decoder()")
+        self.latent_shape = check_stream_block(z, self.vae.config.z_dim, self.latent_shape, "vae.stream_decoder()")
         x = self.vae.conv2(z.to(self.vae.dtype))         # conv2 is 1x1x1: per block is exact
         frames = [self.vae.decoder(x[:, :, index:index + 1], self.cache) for index in range(z.shape[2])]
         self.num_latent_frames += z.shape[2]
