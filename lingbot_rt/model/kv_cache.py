@@ -48,7 +48,9 @@ class CacheView:
     batch_rows: torch.Tensor        # [B, 1] 0..B-1: rows of the batch's own copy (a pass under autograd)
     write_slots: torch.Tensor       # [B, block_frames] frame slot each new frame is written to
     query_rotary: Rotary            # cos/sin of the block's tokens at their absolute frames, [B, block_frames*T, D/2]
-    attn_mask: torch.Tensor | None  # bool [B, 1, 1, Fc*T]: sink, window and block slots; None when all are
+    attn_mask: torch.Tensor | None  # bool [B, 1, 1, read_frames*T]: sink, window and block slots; None when all are
+    read_frames: int                # frame slots attention reads: all, or while every row's cache fills, the
+                                    # prefix they all attend (read unmasked: the fast SDPA kernels, fewer keys)
     whole_pool: bool                # slot_ids == arange(capacity): read without a gather
     sink_frames: list[tuple[int, int, int, int]]   # (batch index, block frame, row, frame) of the block's sink frames
     sink_moves: tuple[list[int], list[int]] | None   # (rows, shifts) whose placed sink must move first
@@ -85,7 +87,8 @@ class LayerKV:
             self.k.index_put_(index, block_k)
             self.v.index_put_(index, block_v)
             keys, values = self._rows(self.k), self._rows(self.v)
-        return keys.flatten(1, 2), values.flatten(1, 2)
+        read = view.read_frames
+        return keys[:, :read].flatten(1, 2), values[:, :read].flatten(1, 2)
 
     def _rows(self, pool: torch.Tensor) -> torch.Tensor:
         return pool if self.view.whole_pool else pool.index_select(0, self.view.slot_ids)
@@ -188,7 +191,12 @@ class KVCache:
         dev = self.device
         T = self.tokens_per_frame
         visible_t = torch.tensor(visible, dtype=torch.bool)
-        mask = None if bool(visible_t.all()) else visible_t.repeat_interleave(T, dim=1)[:, None, None, :].to(dev)
+        read_frames = int(visible_t[0].sum())
+        if bool(visible_t[:, :read_frames].all()) and bool((visible_t.sum(1) == read_frames).all()):
+            mask = None                 # every row attends the same prefix of its slots
+        else:
+            read_frames = self.frame_slots
+            mask = visible_t.repeat_interleave(T, dim=1)[:, None, None, :].to(dev)
         return CacheView(
             slot_ids=torch.tensor(slot_ids, dtype=torch.long).to(dev),
             batch_rows=torch.arange(len(slot_ids)).unsqueeze(1).to(dev),
@@ -196,6 +204,7 @@ class KVCache:
             query_rotary=rotary_for_frames(torch.tensor(query_pos).to(dev), self.grid_hw, self.model_cfg.head_dim,
                                            self.model_cfg.rope_theta),
             attn_mask=mask,
+            read_frames=read_frames,
             whole_pool=slot_ids == list(range(self.capacity)),
             sink_frames=sink_frames,
             sink_moves=moves if moves[0] else None,

@@ -35,6 +35,20 @@ def test_view_masks_empty_slots_and_checks_rows():
     assert view.write_slots.tolist() == [[1], [1]]
     assert view.sink_moves == ([1], [1]) and view.sink_frames == []
     assert cache.view([0], 1).sink_moves is None
+    assert view.read_frames == 4                      # mixed fill levels: every slot, masked
+
+
+def test_view_reads_the_filled_prefix_unmasked():
+    cache = make_cache(sink_frames=1, window_frames=4, block_frames=2)     # 7 frame slots
+    cache.mark_started([0, 1])
+    for committed, read in ((0, 2), (2, 4), (4, 6), (6, 7), (8, 7)):
+        cache.num_frames = [committed, committed]
+        view = cache.view([0, 1], 2)
+        assert view.attn_mask is None and view.read_frames == read, committed
+        assert view.write_slots.tolist() == [[cache.frame_slot(committed), cache.frame_slot(committed + 1)]] * 2
+    cache.num_frames = [0, 2]
+    view = cache.view([0, 1], 2)
+    assert view.read_frames == 7 and view.attn_mask[:, 0, 0].sum(1).tolist() == [2, 4]
     with pytest.raises(IndexError, match="out of range"):
         cache.view([2], 1)
     with pytest.raises(ValueError, match="duplicate"):
