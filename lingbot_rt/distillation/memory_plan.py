@@ -238,14 +238,15 @@ def saved_bytes(fn, *args, exclude: tuple[torch.Tensor, ...] = (), **kwargs) -> 
 
 def rollout_calls(pc: PlanConfig) -> list[tuple[int, int, bool]]:
     """(block tokens, cached keys, masked) of each gradient-carrying `forward_block` of one
-    rollout. Attention reads every slot of the preallocated cache (sink + window frames) and
-    masks the empty ones, so each call saves the whole cache's K, V once per layer."""
+    rollout. The batch's rollouts advance together, so attention reads the filled prefix of
+    the cache unmasked (`CacheView.read_frames`): each call saves the K, V of the committed
+    frames it attends (up to sink + window) once per layer."""
     _, h, w = pc.grid()
     cache_frames = pc.sink_frames + pc.window_frames
     calls = []
     for start in range(0, pc.num_frames, pc.block_frames):
         frames = min(pc.block_frames, pc.num_frames - start)
-        calls.append((frames * h * w, cache_frames * h * w, start < cache_frames))
+        calls.append((frames * h * w, min(start, cache_frames) * h * w, False))
     return calls
 
 

@@ -81,17 +81,17 @@ class LayerKV:
         b, nf = view.write_slots.shape
         shape = (b, nf, -1, *k.shape[2:])
         block_k, block_v = k.reshape(shape).to(self.k.dtype), v.reshape(shape).to(self.v.dtype)
+        read = view.read_frames               # the block's slots lie inside the prefix read
         if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
             index = (view.batch_rows, view.write_slots)
-            keys = self._rows(self.k).index_put(index, block_k)
-            values = self._rows(self.v).index_put(index, block_v)
+            keys = self._rows(self.k)[:, :read].index_put(index, block_k)
+            values = self._rows(self.v)[:, :read].index_put(index, block_v)
         else:
             index = (view.slot_ids[:, None], view.write_slots)
             self.k.index_put_(index, block_k)
             self.v.index_put_(index, block_v)
-            keys, values = self._rows(self.k), self._rows(self.v)
-        read = view.read_frames
-        return keys[:, :read].flatten(1, 2), values[:, :read].flatten(1, 2)
+            keys, values = self._rows(self.k)[:, :read], self._rows(self.v)[:, :read]
+        return keys.flatten(1, 2), values.flatten(1, 2)
 
     def _rows(self, pool: torch.Tensor) -> torch.Tensor:
         return pool if self.view.whole_pool else pool.index_select(0, self.view.slot_ids)

@@ -121,25 +121,25 @@ def test_rollout_call_count_matches_saved_tensor_hooks(cache_cfg):
     _, _, _, context = tiny_inputs(cfg, frames, 4, 6)
     model.start_sessions(cache, [0], context)
     cache_tensors = (cache.k, cache.v, cache.text_k, cache.text_v)
-    for _ in range(3):                                   # empty slots (masked), then a full cache
+    for _ in range(3):                                   # a filling cache (its prefix read), then a full one
         x, y, control, _ = tiny_inputs(cfg, frames, 4, 6)
-        masked = len(cache.visible_frames(cache.num_frames[0])) < cache_cfg.cache_frames
+        view = cache.view([0], frames)
         measured, _ = mp.saved_bytes(model.forward_block, x, torch.tensor([500.0]), cache, [0], y=y, control=control,
                                      exclude=(*model.parameters(), *cache_tensors))
-        block = mp.block_saved_bytes(cfg, frames * tokens_per_frame, masked=masked,
-                                     cache_tokens=cache_cfg.cache_frames * tokens_per_frame)
+        block = mp.block_saved_bytes(cfg, frames * tokens_per_frame, masked=view.attn_mask is not None,
+                                     cache_tokens=(view.read_frames - frames) * tokens_per_frame)
         outside = mp.outside_saved_bytes(cfg, (frames, 2, 3), text_in_cache=True)
         assert measured == cfg.num_layers * sum(block.values()) + sum(outside.values())
         with torch.no_grad():
             model.forward_block(x, torch.zeros(1), cache, [0], y=y, control=control, commit=True)
 
 
-def test_rollout_calls_read_the_whole_cache():
+def test_rollout_calls_read_the_filled_cache():
     pc = mp.PlanConfig()
     calls = mp.rollout_calls(pc)
     assert len(calls) == 7 and {tokens for tokens, _, _ in calls} == {3 * 1560}
-    assert all(cached == 18 * 1560 for _, cached, _ in calls)
-    assert [masked for _, _, masked in calls] == [True] * 6 + [False]
+    assert [cached // 1560 for _, cached, _ in calls] == [0, 3, 6, 9, 12, 15, 18]
+    assert not any(masked for _, _, masked in calls)
     assert pc.num_tokens == 32_760 and pc.grid() == (21, 30, 52)
 
 
