@@ -21,6 +21,12 @@ statistics of the ground truth rendered at the same poses and the same checks on
 truth's mean intensity reaches 1.16x its minute one). The student does not render the truth
 (past its window it invents the scenery), so its statistics are bounded against its own
 minute one, not divided by the truth's.
+
+Minute one is itself one noisy sample, so the report also fits a line through each
+statistic's minutes (`drift`): the change over the run it implies, relative to the mean for
+the frame statistics and in accuracy points for action following, with +-2 standard errors.
+A collapse is a drift; a student whose minutes scatter around a level is not drifting, whether
+or not a minute leaves the bounds.
 """
 from __future__ import annotations
 
@@ -52,6 +58,28 @@ def frame_statistics(frames: np.ndarray) -> dict:
     return {"mean_intensity": round(gray.mean().item(), 4),
             "contrast": round(gray.flatten(1).std(1).mean().item(), 4),
             "sharpness": round(F.conv2d(gray, LAPLACIAN).abs().mean().item(), 5)}
+
+
+def drift(per_minute: list[dict]) -> dict:
+    """Least-squares trend of each bounded statistic over the minutes: {name: {"change": the
+    fitted change from the first to the last minute (relative to the mean for frame statistics),
+    "interval": change +- 2 standard errors}}; None for fewer than 3 minutes or missing values."""
+    out = {}
+    for name, bound in BOUNDS.items():
+        values = np.array([m[name] for m in per_minute if m[name] is not None], dtype=np.float64)
+        if len(values) < 3 or len(values) < len(per_minute):
+            out[name] = None
+            continue
+        minutes = np.arange(len(values), dtype=np.float64)
+        centred = minutes - minutes.mean()
+        slope = (centred * (values - values.mean())).sum() / (centred ** 2).sum()
+        residual = values - values.mean() - slope * centred
+        stderr = np.sqrt((residual ** 2).sum() / (len(values) - 2) / (centred ** 2).sum())
+        scale = (len(values) - 1) / (values.mean() if isinstance(bound, tuple) else 1.0)
+        change, half = slope * scale, 2 * stderr * scale
+        out[name] = {"change": round(float(change), 4), "interval": [round(float(change - half), 4),
+                                                                     round(float(change + half), 4)]}
+    return out
 
 
 def within_bounds(minute: dict, first: dict) -> dict:
@@ -113,7 +141,7 @@ def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: flo
                                                         for k, v in BOUNDS.items()},
               "all_within_bounds": all(v is not False for m in per_minute for v in m["within_bounds"].values()),
               "ground_truth_all_within_bounds": all(v for m in per_minute for v in m["ground_truth_within_bounds"].values()),
-              "per_minute": per_minute}
+              "drift": drift(per_minute), "per_minute": per_minute}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

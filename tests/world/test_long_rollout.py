@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lingbot_rt.world.long_rollout import BOUNDS, NO_FOLLOWING, frame_statistics, within_bounds
+from lingbot_rt.world.long_rollout import BOUNDS, NO_FOLLOWING, drift, frame_statistics, within_bounds
 from lingbot_rt.world.stream import world_intrinsics, world_stream_config
 from lingbot_rt.world.config import WorldConfig
 from lingbot_rt.model.controls import scale_intrinsics
@@ -29,6 +29,26 @@ def test_within_bounds_flags_drift_blur_and_lost_control():
     assert checks == {"mean_intensity": False, "contrast": True, "sharpness": False,
                       "yaw_direction_accuracy": False, "forward_direction_accuracy": None}
     assert set(checks) == set(BOUNDS)
+
+
+def minutes(contrast, forward):
+    return [{"minute": i + 1, "mean_intensity": 0.5, "contrast": c, "sharpness": 0.1, "yaw_direction_accuracy": 0.95,
+             "forward_direction_accuracy": f} for i, (c, f) in enumerate(zip(contrast, forward))]
+
+
+def test_drift_separates_a_fade_from_scatter():
+    fading = drift(minutes([0.20 - 0.01 * i for i in range(10)], [0.9 - 0.02 * i for i in range(10)]))
+    # a straight line: the fitted change is exact and its interval has no width
+    assert fading["contrast"]["change"] == pytest.approx(-0.09 / 0.155, abs=1e-3)
+    assert fading["contrast"]["interval"][1] == pytest.approx(fading["contrast"]["change"], abs=1e-3)
+    assert fading["forward_direction_accuracy"]["change"] == pytest.approx(-0.18, abs=1e-4)
+    assert fading["mean_intensity"] == {"change": 0.0, "interval": [0.0, 0.0]}
+    scatter = drift(minutes([0.15, 0.10, 0.14, 0.11, 0.15, 0.10, 0.14, 0.11, 0.15, 0.10], [0.8] * 10))
+    low, high = scatter["contrast"]["interval"]
+    assert low < 0 < high and abs(scatter["contrast"]["change"]) < 0.2
+    assert drift(minutes([0.1, 0.1], [0.9, 0.9]))["contrast"] is None
+    missing = minutes([0.1] * 4, [0.9, None, 0.9, 0.9])
+    assert drift(missing)["forward_direction_accuracy"] is None and drift(missing)["contrast"] is not None
 
 
 def test_ground_truth_checks_cover_the_frame_statistics_only():
