@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -140,10 +141,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def probe_block(dit: CausalWanModel, vae: WanVAE | TinyDecoder, args, latent_hw, timesteps: list[float]) -> dict:
+def probe_block(dit: CausalWanModel, frames_decoder: WanVAE | TinyDecoder, args, latent_hw,
+                timesteps: list[float]) -> dict:
     """FLOPs of one steady-state block (DiT passes + decode) and the output error of each
     requested transform against the untransformed model. Applies the transforms to `dit`.
-    `vae` is what decodes the frames (the VAE or a tiny decoder).
+    `frames_decoder` decodes the frames (the VAE or a tiny decoder).
     The errors are taken on a cache of the sink and one block (a pass's error does not need
     the whole window; the full-size cache and the FP8 weight copies do not fit beside each
     other next to a 14B model's bf16 weights)."""
@@ -154,18 +156,18 @@ def probe_block(dit: CausalWanModel, vae: WanVAE | TinyDecoder, args, latent_hw,
         return dit.forward_block(steady.x, torch.full((1,), t, device=dev), steady.cache, steady.slot_ids,
                                  y=steady.y, control=steady.control, commit=commit)
 
-    steady = steady_block(dit, cache_cfg, latent_hw)
-
-    def dit_block():
+    def dit_block(steady):
         for index, t in enumerate(timesteps):
             one_pass(steady, t, commit=args.commit == "last_step" and index == len(timesteps) - 1)
         if args.commit == "clean":
             one_pass(steady, 0.0, commit=True)
-    # Counted before the transforms: the FLOPs of the model's maths, whatever precision runs them.
+    # Counted before the transforms: the FLOPs of the model's maths, whatever precision runs them;
+    # the full-size cache is dropped right after.
     out = {"transform_rel_err": {}}
-    out["dit_flops"], out["dit_flops_by_op"] = count_flops(dit_block)
+    steady = steady_block(dit, cache_cfg, latent_hw)
+    out["dit_flops"], out["dit_flops_by_op"] = count_flops(partial(dit_block, steady))
     del steady
-    decoder = vae.stream_decoder()
+    decoder = frames_decoder.stream_decoder()
     latents = torch.randn(1, 16, cache_cfg.block_frames, *latent_hw, device=dev)
     decoder.decode(latents)                       # the stream's first block decodes fewer frames
     out["vae_flops"], _ = count_flops(lambda: decoder.decode(latents))
@@ -181,7 +183,7 @@ def probe_block(dit: CausalWanModel, vae: WanVAE | TinyDecoder, args, latent_hw,
 
 
 @torch.no_grad()
-def profile_block(dit: CausalWanModel, vae: WanVAE | TinyDecoder, args, latent_hw, timestep: float) -> dict:
+def profile_block(dit: CausalWanModel, frames_decoder: WanVAE | TinyDecoder, args, latent_hw, timestep: float) -> dict:
     """Kernel profiles of one denoising pass of a steady block (the model as timed: compiled,
     fused, FP8 as requested) and of one block's decode."""
     steady = steady_block(dit, CacheConfig(sink_frames=args.sink, window_frames=args.window), latent_hw)
@@ -189,8 +191,8 @@ def profile_block(dit: CausalWanModel, vae: WanVAE | TinyDecoder, args, latent_h
     one_pass = lambda: dit.forward_block(steady.x, t, steady.cache, steady.slot_ids, y=steady.y,
                                          control=steady.control)
     one_pass()                                    # a new cache object: any guard re-check happens here
-    decoder = vae.stream_decoder()
-    latents = torch.randn(1, 16, 3, *latent_hw, device=dit.device, dtype=vae.dtype)
+    decoder = frames_decoder.stream_decoder()
+    latents = torch.randn(1, 16, 3, *latent_hw, device=dit.device, dtype=frames_decoder.dtype)
     decoder.decode(latents)
     decoder.decode(latents)
     return {"denoising_pass": profile_kernels(one_pass, dit.device),

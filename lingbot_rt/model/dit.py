@@ -90,9 +90,10 @@ class SelfAttention(nn.Module):
     def forward(self, x, rotary: Rotary, block_mask=None, past: LayerKV | None = None):
         """x [B, L, dim] -> (output [B, L, dim], k roped, v), k/v [B, L', H', D]: the
         tokens' own K/V as a streaming commit stores them. With `past` the block's K/V join the
-        cached ones in their slots (`LayerKV.with_block`) and attention reads them there. Without sequence parallelism L' = L
-        and H' = H; with it x holds this rank's L / N tokens, `rotary` covers the whole sequence,
-        attention runs on the whole sequence and H / N heads (Ulysses), and L' = N L, H' = H / N."""
+        cached ones in their slots (`LayerKV.with_block`) and attention reads them there.
+        Without sequence parallelism L' = L and H' = H; with it x holds this rank's L / N tokens,
+        `rotary` covers the whole sequence, attention runs on the whole sequence and H / N heads
+        (Ulysses), and L' = N L, H' = H / N."""
         q, k, v = self.qkv(x)
         if self.sequence_parallel is not None:
             q, k, v = (self.sequence_parallel.seq_to_heads(t) for t in (q, k, v))

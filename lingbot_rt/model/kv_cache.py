@@ -72,7 +72,7 @@ class LayerKV:
         return self.view.attn_mask
 
     def with_block(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's keys and values [B, Fc*T, H', D] with the block's own K (roped) / V
+        """The batch's keys and values [B, read_frames*T, H', D] with the block's own K (roped) / V
         [B, block_frames*T, H', D] in its slots. Without autograd they are written into the
         cache (the block's slots hold no visible frame; the next pass or the commit overwrites
         them) and the rows are read as they lie; with it, into a copy, so the graph keeps

@@ -198,7 +198,9 @@ class StreamingInference:
         config = config or release.manifest.stream_config()
         config = replace(config, height=config.height or release.manifest.height,
                          width=config.width or release.manifest.width)
-        decoder = load_release_decoder(root, device=device, dtype=vae_dtype or dtype) if config.decoder == "tiny" else None
+        decoder = None
+        if config.decoder == "tiny":
+            decoder = load_release_decoder(root, device=device, dtype=vae_dtype or dtype)
         return cls(release.dit, release.vae, release.text_encoder, config, decoder=decoder)
 
     @property

@@ -140,7 +140,8 @@ def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: flo
               "resolution": [height, width], "bounds": {k: list(v) if isinstance(v, tuple) else v
                                                         for k, v in BOUNDS.items()},
               "all_within_bounds": all(v is not False for m in per_minute for v in m["within_bounds"].values()),
-              "ground_truth_all_within_bounds": all(v for m in per_minute for v in m["ground_truth_within_bounds"].values()),
+              "ground_truth_all_within_bounds": all(v for m in per_minute
+                                                    for v in m["ground_truth_within_bounds"].values()),
               "drift": drift(per_minute), "per_minute": per_minute}
     if out_dir is not None:
         out = Path(out_dir)
