@@ -1,10 +1,13 @@
 """Can the streaming attention run in FP8 on this GPU, and how fast? Attention is 55% of a 14B
 FP8 pass and bounds wan-1.3b at 720p (`results/fps/README.md`); this asks PyTorch's SDPA for
-each backend with bf16 inputs and with float8 (e4m3) q/k/v, at the DiT's streaming shape
-(one 3-latent-frame block of queries over sink + window + block keys), and records the rate or
-the error each attempt raised, and each output's error against the bf16 cuDNN output.
+each backend with bf16 inputs and with float8 (e4m3) q/k/v, and runs our Triton FP8 kernel
+(`lingbot_rt.model.fp8_attention`: `fp8/ours` with its K/V quantisation, `fp8/ours_kernel` the
+kernel alone), at the DiT's streaming shape (one 3-latent-frame block of queries over sink +
+window + block keys, in the model's [B, L, H, D] layout), and records the rate or the error
+each attempt raised, and each output's error against the bf16 cuDNN output.
 
     python benchmarks/attention_fp8.py --resolution 480p --out benchmarks/results/fps/attention_fp8_480p_h100.json
+    python benchmarks/attention_fp8.py --resolution 720p --heads 12 --out ...   # wan-1.3b's heads
 """
 from __future__ import annotations
 
@@ -19,22 +22,32 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from gpu_timing import RegionTimer
 from results_io import finish
 
+from lingbot_rt.model import fp8_attention as ours
+
 SHAPES = {"480p": (4680, 32760), "720p": (10800, 75600)}     # (block queries, keys) at window 15 + sink 3
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
-def attempt(backend: SDPBackend, q, k, v, repeats: int = 10) -> tuple[torch.Tensor | None, float | None, str | None]:
-    timer = RegionTimer(q.device)
+def attempt(run, repeats: int = 10) -> tuple[torch.Tensor | None, float | None, str | None]:
+    """run() -> output [B, L, H, D]: (output, median seconds, None) or (None, None, the error)."""
+    timer = RegionTimer(torch.device("cuda"))
     try:
-        with sdpa_kernel(backend):
-            out = F.scaled_dot_product_attention(q, k, v)
-            for _ in range(repeats):
-                with timer.region("sdpa"):
-                    F.scaled_dot_product_attention(q, k, v)
+        out = run()
+        for _ in range(repeats):
+            with timer.region("attention"):
+                run()
         return out, statistics.median(s for _, s in timer.collect()), None
     except Exception as exc:                 # noqa: BLE001 - the point is which attempts work
         return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+
+
+def sdpa(backend: SDPBackend, q, k, v):
+    """SDPA under one backend on [B, L, H, D] inputs, as the model calls it."""
+    def run():
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    return run
 
 
 def main() -> None:
@@ -48,23 +61,32 @@ def main() -> None:
         sys.exit("attention_fp8.py needs a CUDA GPU")
     queries, keys = SHAPES[args.resolution]
     torch.manual_seed(0)
-    shape = lambda n: (1, args.heads, n, args.head_dim)
+    shape = lambda n: (1, n, args.heads, args.head_dim)
     q, k, v = (torch.randn(shape(n), device="cuda", dtype=torch.bfloat16) for n in (queries, keys, keys))
     flops = 4 * args.heads * queries * keys * args.head_dim
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        reference = F.scaled_dot_product_attention(q, k, v).float()
-    rows = {}
+    reference = sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v)().float()
+    runs = {}
     for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp8_e4m3", torch.float8_e4m3fn)):
         inputs = [t.to(dtype) for t in (q, k, v)]
-        for name, backend in BACKENDS.items():
-            out, seconds, error = attempt(backend, *inputs)
-            row = {"error": error}
-            if out is not None:
+        runs.update({f"{dtype_name}/{name}": sdpa(backend, *inputs) for name, backend in BACKENDS.items()})
+    quantized = ours.quantize_kv(k, v)
+    compiled = torch.compile(ours.fp8_attention, dynamic=False)
+    runs["fp8/ours"] = lambda: ours.fp8_attention(q, k, v)
+    runs["fp8/ours_compiled"] = lambda: compiled(q, k, v)         # the quantisation fused, as in the DiT
+    runs["fp8/ours_kernel"] = lambda: torch.ops.lingbot_rt.fp8_attention_quantized(q, *quantized)
+    runs["fp8/ours_quantize_kv"] = lambda: ours.quantize_kv(k, v)      # its share of `fp8/ours`
+    rows = {}
+    for name, run in runs.items():
+        out, seconds, error = attempt(run)
+        row = {"error": error}
+        if out is not None:
+            row.update(ms=round(seconds * 1e3, 3), tflops=round(flops / seconds / 1e12, 1))
+            if isinstance(out, torch.Tensor):
                 error = ((out.float() - reference).norm() / reference.norm()).item()
-                row.update(ms=round(seconds * 1e3, 3), tflops=round(flops / seconds / 1e12, 1),
-                           rel_err_vs_bf16_cudnn=float(f"{error:.3g}"))
-            rows[f"{dtype_name}/{name}"] = row
-            print(f"{dtype_name}/{name}: {row}", flush=True)
+                row["rel_err_vs_bf16_cudnn"] = float(f"{error:.3g}")
+        rows[name] = row
+        print(f"{name}: {row}", flush=True)
+    rows["fp8/ours"]["kernel_config"] = str(getattr(ours._fp8_attention_kernel, "best_config", None))
     result = {"command": " ".join(sys.argv), "resolution": args.resolution, "queries": queries, "keys": keys,
               "heads": args.heads, "head_dim": args.head_dim, "flops": flops, "attempts": rows}
     finish(result, q.device, args.out)

@@ -102,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="SDPA backend (auto: PyTorch's choice)")
     ap.add_argument("--fused-qkv", action="store_true", help="one QKV GEMM per self-attention")
     ap.add_argument("--fp8", action="store_true", help="e4m3 rowwise-scaled linears in the DiT blocks")
+    ap.add_argument("--fp8-attention", action="store_true",
+                    help="the streaming self-attention in e4m3 (our Triton kernel, `model/fp8_attention.py`)")
     ap.add_argument("--jpeg-quality", type=int, default=85)
     ap.add_argument("--jpeg-thread", action="store_true",
                     help="encode each block's JPEGs in a worker thread while the next block generates, as the "
@@ -179,6 +181,9 @@ def probe_block(dit: CausalWanModel, frames_decoder: WanVAE | TinyDecoder, args,
     if args.fp8:
         out["fp8_linears"] = convert_to_fp8(dit.blocks, dit.dtype)
         out["transform_rel_err"]["fp8"] = relative_error(one_pass(short, timesteps[-1]), reference)
+    if args.fp8_attention:                        # on top of the transforms above
+        dit.use_fp8_attention()
+        out["transform_rel_err"]["fp8_attention"] = relative_error(one_pass(short, timesteps[-1]), reference)
     return out
 
 
@@ -384,6 +389,7 @@ def main(argv=None):
                      "sink": args.sink, "window": args.window, "commit": args.commit, "compile": args.compile,
                      "compile_vae": args.compile_vae, "decoder": args.decoder,
                      "attention": args.attention, "fused_qkv": args.fused_qkv, "fp8": args.fp8,
+                     "fp8_attention": args.fp8_attention,
                      "jpeg_quality": args.jpeg_quality, "jpeg_thread": args.jpeg_thread},
         "build_s": round(build_s, 2), "warmup_s": round(warmup_s, 2), "warmup_blocks": args.warmup,
         "kv_cache_gib": round(kv_cache_bytes / 2**30, 3),

@@ -83,7 +83,7 @@ rows = []
 for path in sorted(pathlib.Path(sys.argv[1]).glob("fps_*.json")):
     r = json.loads(path.read_text()); s = r["summary"]; st = r["settings"]
     rows.append((path.stem[4:], f"{r['resolution'][1]}x{r['resolution'][0]}",
-                 f"{st['commit']}/{st['compile']}/{st['attention']}{'/qkv' if st['fused_qkv'] else ''}{'/fp8' if st['fp8'] else ''}"
+                 f"{st['commit']}/{st['compile']}/{st['attention']}{'/qkv' if st['fused_qkv'] else ''}{'/fp8' if st['fp8'] else ''}{'/fp8att' if st.get('fp8_attention') else ''}"
                  f"{'/dec=' + st['decoder'] if st.get('decoder', 'vae') != 'vae' else ''}"
                  f"{'/jpeg-thread' if st.get('jpeg_thread') else ''}",
                  s["sustained_fps"], s["pipelined_fps_bound"], "+".join(f"{x * 1e3:.0f}" for x in s["step_s_mean"]),

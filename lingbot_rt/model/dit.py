@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from .attention import attention, block_causal_mask, teacher_forcing_mask
 from .config import CacheConfig, ModelConfig
 from .fp8 import Float8Linear
+from .fp8_attention import HEAD_DIMS as FP8_ATTENTION_HEAD_DIMS
+from .fp8_attention import available as fp8_attention_available
+from .fp8_attention import fp8_attention
 from .kv_cache import KVCache, LayerKV
 from .rope import Rotary, rotary_for_frames
 from .sequence_parallel import SequenceParallel
@@ -76,6 +79,7 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
         self.qkv_fused: nn.Module | None = None      # `fuse_qkv`: one [3 dim, dim] projection
+        self.fp8_attention = False                    # `use_fp8_attention`: unmasked cache reads in FP8
         self.sequence_parallel: SequenceParallel | None = None
 
     def qkv(self, x: torch.Tensor):
@@ -103,7 +107,10 @@ class SelfAttention(nn.Module):
             out = attention(q_r, k_r, v, block_mask=block_mask)
         else:
             keys, values = past.with_block(k_r, v)
-            out = attention(q_r, keys.to(dtype), values.to(dtype), attn_mask=past.attn_mask)
+            if self.fp8_attention and past.attn_mask is None:
+                out = fp8_attention(q_r, keys, values)
+            else:
+                out = attention(q_r, keys.to(dtype), values.to(dtype), attn_mask=past.attn_mask)
         if self.sequence_parallel is not None:
             out = self.sequence_parallel.heads_to_seq(out)
         return _linear(self.o, out.flatten(2)), k_r, v
@@ -346,7 +353,7 @@ class CausalWanModel(nn.Module):
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.sequence_parallel is None else self.sequence_parallel.gather(x)
 
-    # ---- inference transforms (`fuse_qkv`, `compile_blocks`, `fp8.convert_to_fp8`) ------------
+    # ---- inference transforms (`fuse_qkv`, `use_fp8_attention`, `compile_blocks`, `fp8.convert_to_fp8`)
     @torch.no_grad()
     def fuse_qkv(self) -> None:
         """Replace each self-attention's q, k, v linears by one [3 dim, dim] linear (one GEMM
@@ -362,6 +369,19 @@ class CausalWanModel(nn.Module):
             fused.bias.copy_(torch.cat([m.bias for m in layers]))
             attn.qkv_fused = fused
             del attn.q, attn.k, attn.v
+
+    def use_fp8_attention(self) -> None:
+        """Streaming self-attention in FP8 (`fp8_attention`, our Triton kernel) wherever it reads
+        the cache unmasked (every row of the batch filled alike); masked reads, whole-clip passes
+        and cross-attention stay on SDPA in the model's dtype. Inference only."""
+        if self.cfg.head_dim not in FP8_ATTENTION_HEAD_DIMS:
+            raise ValueError(f"FP8 attention is built for head sizes {FP8_ATTENTION_HEAD_DIMS}, "
+                             f"this model's is {self.cfg.head_dim}")
+        if not fp8_attention_available(self.device):
+            raise RuntimeError(f"FP8 attention needs Triton and a GPU with FP8 tensor cores (compute capability "
+                               f"8.9+); this model is on {self.device}")
+        for block in self.blocks:
+            block.self_attn.fp8_attention = True
 
     def compile_blocks(self, **compile_kwargs) -> None:
         """torch.compile every DiT block in place (regional compilation: the blocks share one

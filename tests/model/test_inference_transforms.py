@@ -11,7 +11,7 @@ from tests.helpers import frames, make_inputs, make_model
 
 def stream(model, num_blocks=4):
     """Two denoising passes and a commit per block through a rolling cache; all outputs."""
-    x, y, control, context = make_inputs(model, batch=2, frames=3 * num_blocks)
+    x, y, control, context = (t.to(model.device) for t in make_inputs(model, batch=2, frames=3 * num_blocks))
     cache = model.new_cache(CacheConfig(block_frames=3, sink_frames=1, window_frames=5), 2, (4, 4))
     model.start_sessions(cache, [0, 1], context)
     outs = []
@@ -19,8 +19,8 @@ def stream(model, num_blocks=4):
         block = dict(y=frames(y, start, start + 3), control=frames(control, start, start + 3))
         xb = frames(x, start, start + 3)
         for t in (947.0, 825.0):
-            outs.append(model.forward_block(xb, torch.full((2,), t), cache, **block))
-        outs.append(model.forward_block(xb, torch.zeros(2), cache, commit=True, **block))
+            outs.append(model.forward_block(xb, torch.full((2,), t, device=model.device), cache, **block))
+        outs.append(model.forward_block(xb, torch.zeros(2, device=model.device), cache, commit=True, **block))
     return torch.stack(outs)
 
 
