@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ def attempt(run, repeats: int = 10) -> tuple[torch.Tensor | None, float | None, 
                 run()
         return out, statistics.median(s for _, s in timer.collect()), None
     except Exception as exc:                 # noqa: BLE001 - the point is which attempts work
-        return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        return None, None, f"{type(exc).__name__}: {str(exc)[:1500]}"
 
 
 def sdpa(backend: SDPBackend, q, k, v):
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--resolution", default="480p", choices=sorted(SHAPES))
     ap.add_argument("--heads", type=int, default=40)
     ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--sweep", action="store_true", help="also time our kernel at each of its autotune configs")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -75,6 +77,11 @@ def main() -> None:
     runs["fp8/ours_compiled"] = lambda: compiled(q, k, v)         # the quantisation fused, as in the DiT
     runs["fp8/ours_kernel"] = lambda: torch.ops.lingbot_rt.fp8_attention_quantized(q, *quantized)
     runs["fp8/ours_quantize_kv"] = lambda: ours.quantize_kv(k, v)      # its share of `fp8/ours`
+    if args.sweep:
+        for m, n, warps, stages in ours._CONFIGS:
+            runs[f"fp8/ours_kernel {m}x{n} w{warps} s{stages}"] = partial(
+                ours.launch, q, *quantized, kernel=ours._fp8_attention_kernel.fn,
+                BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=stages)
     rows = {}
     for name, run in runs.items():
         out, seconds, error = attempt(run)

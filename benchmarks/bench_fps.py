@@ -25,6 +25,8 @@ in the same run: their ratio is the fraction of the limit.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
 import time
@@ -110,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "gateway does (its JPEG pool); a block then ends when its frames are decoded")
     ap.add_argument("--profile", action="store_true",
                     help="after the timed stream, profile one steady denoising pass and one decode: kernel time by "
-                         "kind (attention, GEMM, fused, copies, other), the top kernels, and idle time")
+                         "kind (attention, GEMM, fused, copies, other), the top kernels, and idle time; and the "
+                         "host's Python time in the stream's second-to-last block (cProfile: where it waits and works)")
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
     if args.blocks < 2 or args.warmup < 0:
@@ -246,6 +249,7 @@ def run_stream(pipeline: StreamingInference, timer: RegionTimer, num_blocks: int
         return "w"
 
     rows = {name: [] for name in ("steps_s", "commit_s", "other_dit_s", "decode_s", "frames", "end")}
+    host = cProfile.Profile() if args.profile and num_blocks >= 3 else None
     decoded_at, encodes = [], []
     pool = ThreadPoolExecutor(1, thread_name_prefix="jpeg") if args.jpeg_thread else None
     opened = time.perf_counter()
@@ -264,6 +268,11 @@ def run_stream(pipeline: StreamingInference, timer: RegionTimer, num_blocks: int
                             ("decode_s", block.timings["decode"]), ("frames", len(block.frames)),
                             ("end", time.perf_counter())):
             rows[name].append(value)
+        if host is not None and block.index == num_blocks - 3:
+            host.enable()                     # the next block, generated inside the generator's next()
+        if host is not None and block.index == num_blocks - 2:
+            host.disable()
+            rows["host_profile"] = host_profile(host)
         if block.index + 1 == num_blocks:
             break
     if pool is not None:
@@ -274,6 +283,17 @@ def run_stream(pipeline: StreamingInference, timer: RegionTimer, num_blocks: int
     rows["key_to_frame_s"] = [jpeg - read for jpeg, read in zip(first_jpeg, key_reads)]
     rows["first_frame_s"] = first_jpeg[0] - opened
     return rows
+
+
+def host_profile(profiler: cProfile.Profile, top: int = 15) -> dict:
+    """The profiled block's Python functions: the `top` by own time and by time including callees."""
+    stats = pstats.Stats(profiler)
+
+    def rows(key: int) -> list[dict]:
+        ranked = sorted(stats.stats.items(), key=lambda item: -item[1][key])[:top]
+        return [{"function": f"{Path(file).name}:{line}({name})", "calls": calls, "own_ms": round(own * 1e3, 2),
+                 "total_ms": round(total * 1e3, 2)} for (file, line, name), (_, calls, own, total, _) in ranked]
+    return {"total_ms": round(stats.total_tt * 1e3, 2), "by_own_time": rows(2), "by_total_time": rows(3)}
 
 
 def mean(values) -> float:
@@ -408,6 +428,8 @@ def main(argv=None):
         result["flat_cost"] = flat_cost(rows, num_blocks)
     if args.profile:
         result["profile"] = profile
+        if "host_profile" in rows:
+            result["profile"]["host_block"] = rows["host_profile"]
     finish(result | peak, dev, args.out)
 
 

@@ -111,8 +111,8 @@ if triton is not None:
 
     # (BLOCK_M, BLOCK_N, warps, stages) tried on the first call of each shape; the interpreter
     # (no GPU to time them on) takes the first
-    _CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3), (128, 256, 8, 2),
-                (128, 64, 8, 4))
+    _CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 4, 3), (128, 128, 8, 4), (64, 128, 4, 3),
+                (128, 256, 8, 2), (128, 64, 8, 4), (256, 64, 8, 3))
 
     @triton.autotune(configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
                               for m, n, w, s in _CONFIGS[:1 if _interpreting() else None]],
@@ -148,19 +148,23 @@ if triton is not None:
         tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None].to(tl.int64) * stride_ol + dims[None, :],
                  out.to(Out.dtype.element_ty), mask=row_ok)
 
+    def launch(q, k8, v8, k_scale, v_scale, kernel=None, **config) -> torch.Tensor:
+        """Run the kernel on quantised K/V (`quantize_kv`): autotuned, or `kernel` (the untuned
+        `_fp8_attention_kernel.fn`, with BLOCK_M, BLOCK_N, num_warps, num_stages in `config`)."""
+        batch, lq, heads, dim = q.shape
+        out = torch.empty_like(q)
+
+        def grid(meta):
+            return (triton.cdiv(lq, meta["BLOCK_M"]), batch * heads)
+        kernel = torch.library.wrap_triton(_fp8_attention_kernel) if kernel is None else kernel
+        kernel[grid](q, k8, v8, k_scale, v_scale, out, LOG2_E / math.sqrt(dim), lq, k8.shape[2],
+                     q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                     H=heads, D=dim, **config)
+        return out
+
     @torch.library.triton_op("lingbot_rt::fp8_attention_quantized", mutates_args=())
     def fp8_attention_quantized(q: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
                                 k_scale: torch.Tensor, v_scale: torch.Tensor) -> torch.Tensor:
         """q [B, Lq, H, D]; k8 [B, H, Lk, D], v8 [B, H, D, Lk] e4m3 with scales [B, H]
         (`quantize_kv`) -> [B, Lq, H, D] in q's dtype."""
-        batch, lq, heads, dim = q.shape
-        lk = k8.shape[2]
-        out = torch.empty_like(q)
-
-        def grid(meta):
-            return (triton.cdiv(lq, meta["BLOCK_M"]), batch * heads)
-        torch.library.wrap_triton(_fp8_attention_kernel)[grid](
-            q, k8, v8, k_scale, v_scale, out, LOG2_E / math.sqrt(dim), lq, lk,
-            q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            H=heads, D=dim)
-        return out
+        return launch(q, k8, v8, k_scale, v_scale)

@@ -113,7 +113,7 @@ def test_kernel_matches_its_maths_on_gpu(lq, lk, heads, dim):
     out = fa.fp8_attention(q, k, v)
     exact = F.scaled_dot_product_attention(*(t.float().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
-    assert rel(out, emulated(q, k, v)) < 0.02            # same maths, running vs final row maximum
+    assert rel(out, emulated(q, k, v)) < 0.04            # same maths, running vs final row maximum
     assert rel(out, exact) < 0.08                        # e4m3's own error on random (diffuse) attention
 
 
