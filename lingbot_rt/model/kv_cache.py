@@ -38,6 +38,15 @@ from .config import CacheConfig, ModelConfig
 from .rope import Rotary, rotary_for_frames, time_shift_rotary
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small index tensor built on the host, on `device` without waiting for the device: a
+    blocking copy waits for every queued kernel, so the host could not launch the next pass
+    while the GPU runs this one (measured: 140 ms of a 437 ms wan-1.3b block spent waiting in
+    `view`). From pageable memory CUDA stages the bytes before the call returns, so the host
+    tensor may go at once."""
+    return host.to(device, non_blocking=True)
+
+
 class CacheFullError(RuntimeError):
     """A global (non-rolling) cache has no room for the next block."""
 
@@ -199,13 +208,13 @@ class KVCache:
             mask = None                 # every row attends the same prefix of its slots
         else:
             read_frames = self.frame_slots
-            mask = visible_t.repeat_interleave(T, dim=1)[:, None, None, :].to(dev)
+            mask = to_device(visible_t.repeat_interleave(T, dim=1)[:, None, None, :], dev)
         return CacheView(
-            slot_ids=torch.tensor(slot_ids, dtype=torch.long).to(dev),
-            batch_rows=torch.arange(len(slot_ids)).unsqueeze(1).to(dev),
-            write_slots=torch.tensor(write_slots, dtype=torch.long).to(dev),
-            query_rotary=rotary_for_frames(torch.tensor(query_pos).to(dev), self.grid_hw, self.model_cfg.head_dim,
-                                           self.model_cfg.rope_theta),
+            slot_ids=to_device(torch.tensor(slot_ids, dtype=torch.long), dev),
+            batch_rows=to_device(torch.arange(len(slot_ids)).unsqueeze(1), dev),
+            write_slots=to_device(torch.tensor(write_slots, dtype=torch.long), dev),
+            query_rotary=rotary_for_frames(to_device(torch.tensor(query_pos), dev), self.grid_hw,
+                                           self.model_cfg.head_dim, self.model_cfg.rope_theta),
             attn_mask=mask,
             read_frames=read_frames,
             whole_pool=slot_ids == list(range(self.capacity)),
@@ -221,8 +230,8 @@ class KVCache:
             return
         rows, shifts = view.sink_moves
         sink = self.cfg.sink_frames
-        rows_t = torch.tensor(rows, dtype=torch.long, device=self.device)
-        rotation = time_shift_rotary(torch.tensor(shifts, device=self.device), self.model_cfg.head_dim,
+        rows_t = to_device(torch.tensor(rows, dtype=torch.long), self.device)
+        rotation = time_shift_rotary(to_device(torch.tensor(shifts), self.device), self.model_cfg.head_dim,
                                      self.model_cfg.rope_theta)
         for layer in range(self.model_cfg.num_layers):
             keys = self.sink_k[layer].index_select(0, rows_t)

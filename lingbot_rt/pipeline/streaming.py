@@ -269,7 +269,8 @@ class StreamingInference:
             raise ValueError(f"need one plan per session, got {len(sessions)} sessions and {len(plans)} plans")
         frames = self.config.block_frames
         y = torch.stack([s.condition.block(s.num_latent_frames, frames) for s in sessions])
-        control = torch.stack([self._control(s, p) for s, p in zip(sessions, plans)]).to(self.device)
+        control = torch.stack([self._control(s, p) for s, p in zip(sessions, plans)])
+        control = control.to(self.device, non_blocking=True)
         noise = torch.stack([torch.randn(self.dit.cfg.out_dim, frames, *self.latent_hw, generator=s.generator,
                                          device=self.device) for s in sessions])
         latents = generate_block(self.dit, self.cache, [s.slot for s in sessions], noise, self.schedule,
