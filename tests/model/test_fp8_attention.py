@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lingbot_rt.model import CacheConfig
 from lingbot_rt.model import dit as dit_module
 from lingbot_rt.model import fp8_attention as fa
-from tests.helpers import frames, make_inputs, make_model
+from tests.helpers import make_inputs, make_model
 from tests.model.test_inference_transforms import stream
 
 FP8_GPU = torch.cuda.is_available() and fa.available("cuda")
