@@ -20,6 +20,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .fp8 import FP8, FP8_MAX, MIN_SCALE
 
@@ -58,12 +59,13 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
     def scale_of(x):
         return x.abs().amax(dim=(1, 3)).float().clamp(min=MIN_SCALE) / FP8_MAX
 
-    batch, length, heads, dim = v.shape
+    length = v.shape[1]
     k_scale, v_scale = scale_of(k), scale_of(v)
     k8 = (k.float() / k_scale[:, None, :, None]).to(FP8).transpose(1, 2).contiguous()
     padded = -(-length // VALUE_ROW_ALIGN) * VALUE_ROW_ALIGN
-    v8 = torch.empty(batch, heads, dim, padded, dtype=FP8, device=v.device)[..., :length]
-    v8.copy_((v.float() / v_scale[:, None, :, None]).to(FP8).permute(0, 2, 3, 1))
+    # padded before the cast (Inductor, torch 2.11, cannot build the e4m3 zero a padded e4m3 copy needs)
+    v_t = (v.float() / v_scale[:, None, :, None]).permute(0, 2, 3, 1)
+    v8 = F.pad(v_t, (0, padded - length)).to(FP8)[..., :length]
     return k8, v8, k_scale, v_scale
 
 
