@@ -10,6 +10,8 @@
 #   bash benchmarks/device_fps.sh tiny       # the tiny streaming decoder instead of the VAE's (random weights)
 #   bash benchmarks/device_fps.sh overlap    # tiny decoder + JPEG in a worker thread (as the gateway encodes)
 #   bash benchmarks/device_fps.sh long       # wan-1.3b 480p, tiny decoder: 500 blocks, flat per-block cost
+#   bash benchmarks/device_fps.sh sync       # overlap's runs after the cache view stopped blocking, wan-1.3b with
+#                                            # the JPEG beside and in line, each with the host's profile of a block
 #   bash benchmarks/device_fps.sh fp8att     # overlap's wan-1.3b runs with the self-attention in FP8 (our Triton kernel)
 #   bash benchmarks/device_fps.sh fp8att14b  # overlap's 14B run with the self-attention in FP8
 #   OUT=/tmp/fps bash benchmarks/device_fps.sh smoke   # the script itself on a CPU
@@ -70,6 +72,11 @@ case $SET in
     bench wan-1.3b_480p_tiny_jt 120 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --jpeg-thread --blocks 31
     bench wan-1.3b_720p_tiny_jt 150 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21
     ;;
+  sync)      # limits sum to 560 s
+    bench wan-1.3b_480p_tiny_jt_sync 150 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --jpeg-thread --blocks 31 --profile
+    bench wan-1.3b_480p_tiny_sync 150 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --blocks 31 --profile
+    bench lingbot-14b_480p_fp8_tiny_jt_sync 260 --model lingbot-14b --resolution 480p $BEST --fp8 --decoder wan2.1 --jpeg-thread --blocks 21
+    ;;
   fp8att)    # limits sum to 300 s
     bench wan-1.3b_480p_tiny_jt_fp8att 130 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --jpeg-thread --blocks 31 --fp8-attention
     bench wan-1.3b_720p_tiny_jt_fp8att 170 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21 --fp8-attention
@@ -83,7 +90,7 @@ case $SET in
   smoke)      # the script itself, on a CPU, in seconds
     bench smoke_tiny 120 --model tiny --resolution 64x64 --device cpu --dtype fp32 --warmup 1 --blocks 3 --profile
     ;;
-  *) echo "unknown set $SET (main, ablation, profile, tiny, overlap, fp8att, fp8att14b, long or smoke)"; exit 2 ;;
+  *) echo "unknown set $SET (main, ablation, profile, tiny, overlap, sync, fp8att, fp8att14b, long or smoke)"; exit 2 ;;
 esac
 echo "total $((SECONDS - start))s"
 python - "$OUT" <<'PY'

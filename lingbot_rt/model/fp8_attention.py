@@ -108,11 +108,11 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
 
 if triton is not None:
     @triton.jit
-    def _attend_tile(acc, l_i, m_i, q8, row_scale, k_base, v_base, start, Lk, stride_vd,
+    def _attend_tile(acc, l_i, m_i, q8, row_scale, k_base, v_base, start, Lk, stride_kl, stride_vd,
                      D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
         cols = start + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, D)
-        k_ptrs = k_base + cols[None, :].to(tl.int64) * D + dims[:, None]       # [D, BLOCK_N]
+        k_ptrs = k_base + cols[None, :].to(tl.int64) * stride_kl + dims[:, None]   # [D, BLOCK_N]
         v_ptrs = v_base + dims[None, :].to(tl.int64) * stride_vd + cols[:, None]   # [BLOCK_N, D], K-major
         if MASKED:
             k = tl.load(k_ptrs, mask=cols[None, :] < Lk, other=0.0)
@@ -139,8 +139,9 @@ if triton is not None:
                               for m, n, w, s in _CONFIGS[:1 if _interpreting() else None]],
                      key=["Lq", "Lk", "D"])
     @triton.jit
-    def _fp8_attention_kernel(Q, K8, V8, KS, VS, Out, sm_scale_log2, Lq, Lk, stride_vd,
-                              stride_qb, stride_ql, stride_qh, stride_ob, stride_ol, stride_oh,
+    def _fp8_attention_kernel(Q, K8, V8, KS, VS, Out, sm_scale_log2, Lq, Lk,
+                              stride_qb, stride_ql, stride_qh, stride_kb, stride_kh, stride_kl,
+                              stride_vb, stride_vh, stride_vd, stride_ob, stride_ol, stride_oh,
                               H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
@@ -153,17 +154,17 @@ if triton is not None:
         q_amax = tl.maximum(tl.max(tl.abs(q), 1), 1e-12)
         q8 = (q * (448.0 / q_amax)[:, None]).to(tl.float8e4nv)
         row_scale = q_amax / 448.0 * tl.load(KS + bh) * sm_scale_log2
-        k_base = K8 + bh * Lk * D
-        v_base = V8 + bh * D * stride_vd
+        k_base = K8 + b * stride_kb + h * stride_kh
+        v_base = V8 + b * stride_vb + h * stride_vh
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         whole = (Lk // BLOCK_N) * BLOCK_N
         for start in range(0, whole, BLOCK_N):
-            acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q8, row_scale, k_base, v_base, start, Lk, stride_vd,
+            acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q8, row_scale, k_base, v_base, start, Lk, stride_kl, stride_vd,
                                          D, BLOCK_N, False)
         if whole < Lk:
-            acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q8, row_scale, k_base, v_base, whole, Lk, stride_vd,
+            acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q8, row_scale, k_base, v_base, whole, Lk, stride_kl, stride_vd,
                                          D, BLOCK_N, True)
         out = acc * (tl.load(VS + bh) / l_i)[:, None]
         tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None].to(tl.int64) * stride_ol + dims[None, :],
@@ -173,13 +174,17 @@ if triton is not None:
         """Run the kernel on quantised K/V (`quantize_kv`): autotuned, or `kernel` (the untuned
         `_fp8_attention_kernel.fn`, with BLOCK_M, BLOCK_N, num_warps, num_stages in `config`)."""
         batch, lq, heads, dim = q.shape
+        if k8.stride(-1) != 1 or v8.stride(-1) != 1:
+            raise ValueError("k8 and v8 must be contiguous in their last dimension (`quantize_kv`)")
         out = torch.empty_like(q)
+        k_scale, v_scale = k_scale.contiguous(), v_scale.contiguous()
 
         def grid(meta):
             return (triton.cdiv(lq, meta["BLOCK_M"]), batch * heads)
         kernel = torch.library.wrap_triton(_fp8_attention_kernel) if kernel is None else kernel
-        kernel[grid](q, k8, v8, k_scale, v_scale, out, LOG2_E / math.sqrt(dim), lq, k8.shape[2], v8.stride(2),
-                     q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        kernel[grid](q, k8, v8, k_scale, v_scale, out, LOG2_E / math.sqrt(dim), lq, k8.shape[2],
+                     q.stride(0), q.stride(1), q.stride(2), *k8.stride()[:3], *v8.stride()[:3],
+                     out.stride(0), out.stride(1), out.stride(2),
                      H=heads, D=dim, **config)
         return out
 
