@@ -35,6 +35,10 @@ def test_tiny_run_reports_every_field(tmp_path):
     assert len(per_block["steps_s"]) == 30 and len(per_block["block_s"]) == 29
     assert result["flat_cost"]["blocks"] == 30 and result["flat_cost"]["ratio"] > 0
     assert {"device", "torch", "commit", "command"} <= result.keys()
+    host = result["profile"].pop("host_block")          # the Python time of one block of the stream
+    own = [row["own_ms"] for row in host["by_own_time"]]
+    assert host["total_ms"] > 0 and own == sorted(own, reverse=True)
+    assert any(row["function"].startswith(("streaming.py", "rollout.py")) for row in host["by_total_time"])
     for profiled in result["profile"].values():          # one denoising pass, one decode
         assert 0 < profiled["kernel_ms"] and 0 < profiled["wall_ms"]
         assert sum(profiled["kernel_ms_by_kind"].values()) == pytest.approx(profiled["kernel_ms"], abs=0.05)
