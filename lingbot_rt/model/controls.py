@@ -274,19 +274,21 @@ def _normalise_by_max_translation(relative: torch.Tensor) -> torch.Tensor:
 
 # ---- rays and the 8x8 fold -----------------------------------------------------------------
 @functools.lru_cache(maxsize=16)
-def _camera_ray_directions(fx: float, fy: float, cx: float, cy: float, height: int, width: int) -> torch.Tensor:
-    """Unit directions [H*W, 3] through pixel centres in camera axes: fixed per camera, so a
-    stream computes them once, not every block. Shared: read only."""
+def _camera_ray_directions(fx: float, fy: float, cx: float, cy: float, height: int, width: int,
+                           device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Unit directions [H*W, 3] through pixel centres in camera axes, on `device`: fixed per
+    camera, so a stream computes them once, not every block. Shared: read only."""
     rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float32),
                                 torch.arange(width, dtype=torch.float32), indexing="ij")
     camera_dirs = torch.stack([(cols + 0.5 - cx) / fx, (rows + 0.5 - cy) / fy, torch.ones_like(cols)], -1)
-    return (camera_dirs / camera_dirs.norm(dim=-1, keepdim=True)).view(-1, 3)
+    return (camera_dirs / camera_dirs.norm(dim=-1, keepdim=True)).view(-1, 3).to(device)
 
 
 def pixel_ray_directions(rotations: torch.Tensor, intrinsics: torch.Tensor, height: int,
                          width: int) -> torch.Tensor:
-    """Unit ray directions [F, H, W, 3] through pixel centres (+0.5), rotated by [F, 3, 3]."""
-    camera_dirs = _camera_ray_directions(*intrinsics.tolist(), height, width)
+    """Unit ray directions [F, H, W, 3] through pixel centres (+0.5), rotated by [F, 3, 3] (on
+    their device)."""
+    camera_dirs = _camera_ray_directions(*intrinsics.tolist(), height, width, rotations.device)
     world_dirs = camera_dirs[None] @ rotations.transpose(-1, -2)                 # [F, H*W, 3]
     return world_dirs.view(len(rotations), height, width, 3)
 
@@ -317,9 +319,14 @@ def _check_embedding_args(intrinsics, height, width, control_type, wasd, num_fra
 
 
 def _embed_relative_poses(relative: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int,
-                          control_type: str, wasd: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """Relative poses [F, 4, 4] (translation already scaled) -> [C*64, F, H/8, W/8].
-    cam: per pixel concat(origin, direction), 6 ch; act: concat(direction, W,A,S,D), 7 ch."""
+                          control_type: str, wasd: torch.Tensor | None, dtype: torch.dtype,
+                          device: torch.device | str | None = None) -> torch.Tensor:
+    """Relative poses [F, 4, 4] (translation already scaled) -> [C*64, F, H/8, W/8] on `device`
+    (default: the poses'). cam: per pixel concat(origin, direction), 6 ch; act: concat(direction,
+    W,A,S,D), 7 ch."""
+    if device is not None:
+        relative = relative.to(device)
+        wasd = None if wasd is None else wasd.to(device)
     directions = pixel_ray_directions(relative[:, :3, :3], intrinsics, height, width)
     if control_type == "cam":
         origins = relative[:, None, None, :3, 3].expand_as(directions)
@@ -333,8 +340,10 @@ def _embed_relative_poses(relative: torch.Tensor, intrinsics: torch.Tensor, heig
 
 def control_embedding(latent_poses, intrinsics, height: int, width: int, control_type: str, *,
                       previous_pose=None, wasd=None, translation_scale: float = STREAM_TRANSLATION_SCALE,
-                      dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """The control signal of one streamed block: [control_channels, F_lat, H/8, W/8].
+                      dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> torch.Tensor:
+    """The control signal of one streamed block: [control_channels, F_lat, H/8, W/8], built on
+    `device` (default the CPU; the pose maths stay on the CPU, the per-pixel rays and their fold
+    run where the model is: on the CPU they held a wan-1.3b 480p block's GPU idle for 20-34 ms).
 
     latent_poses: c2w [F_lat, 4, 4], the pose of each latent frame of the block (the pose
         after its last video frame; the stream's first latent frame is the start image).
@@ -358,7 +367,7 @@ def control_embedding(latent_poses, intrinsics, height: int, width: int, control
         previous_pose = torch.as_tensor(np.asarray(previous_pose), dtype=torch.float32)
         relative = framewise_relative_poses(torch.cat([previous_pose[None], latent_poses]))[1:]
     relative[:, :3, 3] *= translation_scale
-    return _embed_relative_poses(relative, intrinsics, height, width, control_type, wasd, dtype)
+    return _embed_relative_poses(relative, intrinsics, height, width, control_type, wasd, dtype, device)
 
 
 # ---- offline: upstream's example directories -------------------------------------------------

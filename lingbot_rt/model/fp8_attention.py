@@ -174,8 +174,8 @@ if triton is not None:
         """Run the kernel on quantised K/V (`quantize_kv`): autotuned, or `kernel` (the untuned
         `_fp8_attention_kernel.fn`, with BLOCK_M, BLOCK_N, num_warps, num_stages in `config`)."""
         batch, lq, heads, dim = q.shape
-        if k8.stride(-1) != 1 or v8.stride(-1) != 1:
-            raise ValueError("k8 and v8 must be contiguous in their last dimension (`quantize_kv`)")
+        # a compiled `quantize_kv` may hand back another layout; the loads need unit-stride rows
+        k8, v8 = (x if x.stride(-1) == 1 else x.contiguous() for x in (k8, v8))
         out = torch.empty_like(q)
         k_scale, v_scale = k_scale.contiguous(), v_scale.contiguous()
 

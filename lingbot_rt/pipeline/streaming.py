@@ -259,7 +259,8 @@ class StreamingInference:
         last_frames = latent_frame_ends(plan.num_frames)
         wasd = plan.actions[last_frames][:, WASD_COLUMNS] if self.dit.cfg.control_type == "act" else None
         return control_embedding(plan.poses[last_frames], self.intrinsics, self.height, self.width,
-                                 self.dit.cfg.control_type, previous_pose=session.latent_pose, wasd=wasd)
+                                 self.dit.cfg.control_type, previous_pose=session.latent_pose, wasd=wasd,
+                                 device=self.device)
 
     @torch.inference_mode()
     def denoise(self, sessions: list[Session], plans: list[BlockPlan]) -> torch.Tensor:
@@ -270,7 +271,6 @@ class StreamingInference:
         frames = self.config.block_frames
         y = torch.stack([s.condition.block(s.num_latent_frames, frames) for s in sessions])
         control = torch.stack([self._control(s, p) for s, p in zip(sessions, plans)])
-        control = control.to(self.device, non_blocking=True)
         noise = torch.stack([torch.randn(self.dit.cfg.out_dim, frames, *self.latent_hw, generator=s.generator,
                                          device=self.device) for s in sessions])
         latents = generate_block(self.dit, self.cache, [s.slot for s in sessions], noise, self.schedule,

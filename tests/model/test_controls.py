@@ -297,3 +297,13 @@ def test_embedding_feeds_the_dit():
     assert emb.dtype == torch.bfloat16 and emb.shape == (model.cfg.control_channels, 3, 4, 4)
     tokens = model.embed_control(emb[None].float())
     assert tokens.shape == (1, 3 * 2 * 2, model.cfg.dim) and torch.isfinite(tokens).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_control_embedding_on_the_gpu_matches_the_cpu():
+    poses = np.repeat(np.eye(4, dtype=np.float32)[None], 3, 0)
+    poses[:, 0, 3] = [0.1, 0.2, 0.35]
+    args = (poses, np.array([300.0, 300.0, 208.0, 120.0]), 240, 416, "cam")
+    on_gpu = control_embedding(*args, previous_pose=np.eye(4), device="cuda")
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), control_embedding(*args, previous_pose=np.eye(4)))
