@@ -10,14 +10,15 @@ Upstream (LingBot-World `WanI2V.generate`, read for facts only; reference doc se
   of latent frame 0 are all 1 and every later latent frame's are 0.
 
 Streaming has no F. `ImageCondition` encodes the image with a streaming VAE encoder and
-extends `y_lat` lazily, 4 black frames per latent frame, as blocks ask for them; this equals
-encoding the whole clip (`WanVAE.encode` of image + black frames) frame for frame. The
-encoder is causal with a finite memory, so once the image has left its receptive field every
-further black chunk yields the same latent: when two consecutive latents are bitwise equal
-the stream stops encoding and repeats that latent (the encoder's cache is freed), so a
-session's condition costs nothing after its first blocks. The memory is long: each of the
-~10 temporal convs at the latent rate keeps 2 frames: the `tiny` and `small` configs (the
-released layer count) settle after 30 latent frames (10 blocks, 7.5 s at 16 fps), measured.
+extends `y_lat` lazily, 4 black frames per latent frame, as blocks ask for them
+(`StreamingEncoder.encode_black`); this equals encoding the whole clip (`WanVAE.encode` of
+image + black frames) frame for frame. The encoder is causal with a finite memory, so its
+steps reach a fixed point one by one, the full-resolution ones first, and stop being run;
+once all have, every further latent is the last one: the stream repeats it and frees the
+encoder's cache, so a session's condition costs nothing after its first blocks. The memory
+is long: each of the ~10 temporal convs at the latent rate keeps 2 frames: the `tiny` and
+`small` configs (the released layer count) reach the fixed point after 30 latent frames
+(10 blocks, 7.5 s at 16 fps), measured.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .vae import ENCODE_CHUNK_FRAMES, SPACE_STRIDE, WanVAE
+from .vae import SPACE_STRIDE, WanVAE
 
 MASK_CHANNELS = 4
 ACCEPTED_MODES = ("RGB", "L")
@@ -102,7 +103,6 @@ class ImageCondition:
         self.vae = vae
         self.latent_hw = (image.shape[1] // SPACE_STRIDE, image.shape[2] // SPACE_STRIDE)
         self._encoder = vae.stream_encoder()
-        self._black = torch.full((1, 3, ENCODE_CHUNK_FRAMES, *image.shape[1:]), -1.0, device=device)
         with torch.inference_mode():
             first = self._encoder.encode(image.to(device)[None, :, None])
         self._latents: dict[int, torch.Tensor] = {0: first[0, :, 0]}   # latent frame -> [16, h, w]
@@ -121,9 +121,8 @@ class ImageCondition:
             raise ValueError(f"latent frame {index} of the condition was already released")
         while self._steady is None and index >= self._next:
             with torch.inference_mode():
-                latent = self._encoder.encode(self._black)[0, :, 0]
-            previous = self._latents.get(self._next - 1)
-            if self._next > 1 and previous is not None and torch.equal(latent, previous):
+                latent = self._encoder.encode_black()[0, :, 0]
+            if self._encoder.at_fixed_point:
                 self._steady, self._encoder = latent, None
             self._latents[self._next] = latent
             self._next += 1

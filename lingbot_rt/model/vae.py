@@ -47,7 +47,9 @@ autocast); latent normalisation runs in float32, and both `encode` and `decode` 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -129,6 +131,13 @@ def _keep_last_frames(past: torch.Tensor | None, x: torch.Tensor) -> torch.Tenso
     if missing <= 0 or past is None:
         return x[:, :, -CACHE_T:].clone()    # clone: do not keep the whole chunk alive
     return torch.cat([past[:, :, -missing:], x], 2)
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Bitwise equal cache entries (both empty counts as equal)."""
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and torch.equal(a, b)
 
 
 def _detached(cache: ConvCache) -> ConvCache:
@@ -341,12 +350,23 @@ class Encoder3d(nn.Module):
         self.middle = _middle(dims[-1])
         self.head = nn.Sequential(RMSNorm(dims[-1], 3), nn.SiLU(), CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1))
         self.num_cache_slots = _number_cache_slots(self)
+        # the forward pass as a chain of steps (x, cache) -> x, each with the cache slots it owns
+        parts = [self.conv1, *self.downsamples, self.middle, self.head]
+        runs = [self.conv1.forward_cached, *self.downsamples, partial(_run_middle, self.middle),
+                partial(_run_causal, self.head)]
+        self.steps: list[tuple[Callable, tuple[int, ...]]] = [
+            (run, tuple(m.cache_slot for m in part.modules() if isinstance(m, CausalConv3d) and m.cache_slot is not None))
+            for run, part in zip(runs, parts)]
 
     def forward(self, x: torch.Tensor, cache: ConvCache) -> torch.Tensor:
-        x = self.conv1.forward_cached(x, cache)
-        for layer in self.downsamples:
-            x = layer(x, cache)
-        return _run_causal(self.head, _run_middle(self.middle, x, cache), cache)
+        for run, _slots in self.steps:
+            x = run(x, cache)
+        return x
+
+    def compile_steps(self, **compile_kwargs) -> None:
+        """torch.compile each step in place (regional: `StreamingEncoder.encode_black` runs the
+        steps one by one, and the whole forward runs them in turn)."""
+        self.steps = [(torch.compile(run, **compile_kwargs), slots) for run, slots in self.steps]
 
 
 class Decoder3d(nn.Module):
@@ -452,11 +472,11 @@ class WanVAE(nn.Module):
         return self.stream_decoder().decode(z)
 
     def compile_streaming(self, **compile_kwargs) -> None:
-        """torch.compile the encoder and the decoder in place, one graph per chunk (a stream's
-        first chunks, whose caches are still filling, compile their own variants). Their
+        """torch.compile the encoder (step by step) and the decoder in place, one graph per chunk
+        (a stream's first chunks, whose caches are still filling, compile their own variants). Their
         element-wise work (norms, SiLU, padding, cache copies) is about half of the eager
         decode on an H100 (`benchmarks/vae_speed.py`)."""
-        self.encoder.compile(**compile_kwargs)
+        self.encoder.compile_steps(**compile_kwargs)
         self.decoder.compile(**compile_kwargs)
 
     def stream_decoder(self) -> "StreamingDecoder":
@@ -481,6 +501,9 @@ class StreamingEncoder:
         self.vae = vae
         self.cache: ConvCache = [None] * vae.encoder.num_cache_slots
         self.num_frames = 0                     # pixel frames encoded so far
+        self._black: torch.Tensor | None = None  # [B, 3, 4, H, W] of -1, made by the first call
+        self._fixed_steps = 0                   # encoder steps at a fixed point (a prefix of them)
+        self._fixed_output: torch.Tensor | None = None   # the last fixed step's output
 
     def detach_(self) -> None:
         """Cut the cached frames from the graph that made them (truncated backprop in training)."""
@@ -490,8 +513,42 @@ class StreamingEncoder:
         """video [B, 3, F, H, W] in [-1, 1], the next F frames of the stream -> latents
         [B, z_dim, F // 4 (+1 on the first call), H/8, W/8], float32."""
         mu, _log_var = self.moments(video)
+        return self._normalised(mu)
+
+    def _normalised(self, mu: torch.Tensor) -> torch.Tensor:
         mean, inv_std = self.vae.latent_stats(mu.device)
         return (mu - mean) * inv_std
+
+    @property
+    def at_fixed_point(self) -> bool:
+        """True once `encode_black` has every encoder step fixed: each further black latent
+        equals the last one."""
+        return self._fixed_steps == len(self.vae.encoder.steps)
+
+    def encode_black(self) -> torch.Tensor:
+        """The stream's next latent frame [B, z_dim, 1, H/8, W/8] when it goes on with 4 black
+        frames (-1): equal to `encode` of them, at a fraction of the cost.
+
+        The I2V condition is the start image followed by black frames without end. The
+        encoder is causal with a finite memory, so its steps reach a fixed point one after
+        another, the full-resolution ones (most of the work) first: a step whose input is the
+        output of a fixed step (or, for the first, the black frames) and whose cached frames a
+        call left unchanged will return that call's output for ever, so it is not run again.
+        Exact, not a tolerance: the skipped steps' cache slots already hold their fixed values.
+        """
+        if self._black is None:
+            raise ValueError("encode_black continues a stream: encode its first frames (the image) first")
+        cache, steps = self.cache, self.vae.encoder.steps
+        x = self._black if self._fixed_steps == 0 else self._fixed_output
+        for index in range(self._fixed_steps, len(steps)):
+            run, slots = steps[index]
+            before = [cache[slot] for slot in slots]
+            x = run(x, cache)
+            if index == self._fixed_steps and all(_same(old, cache[slot]) for old, slot in zip(before, slots)):
+                self._fixed_steps, self._fixed_output = index + 1, x
+        self.num_frames += ENCODE_CHUNK_FRAMES
+        mu, _log_var = self.vae.conv1(x).float().chunk(2, dim=1)
+        return self._normalised(mu)
 
     def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior's unnormalised mean and log-variance [B, z_dim, T, h, w], float32, of
@@ -507,6 +564,8 @@ class StreamingEncoder:
             raise ValueError(f"video height and width must be divisible by {SPACE_STRIDE}, "
                              f"got {video.shape[3]}x{video.shape[4]}")
         x = video.to(self.vae.dtype)
+        self._black = torch.full_like(x[:, :, :1], -1.0).expand(-1, -1, ENCODE_CHUNK_FRAMES, -1, -1).contiguous()
+        self._fixed_steps, self._fixed_output = 0, None     # these frames need not be black
         chunks = [x[:, :, :1]] if first else []
         chunks += [x[:, :, start:start + ENCODE_CHUNK_FRAMES]
                    for start in range(int(first), num_frames, ENCODE_CHUNK_FRAMES)]

@@ -318,6 +318,52 @@ def test_streaming_encode_equals_whole_encode(vae, chunk_frames):
     torch.testing.assert_close(torch.cat(pieces, 2), whole, atol=1e-6, rtol=1e-5)
 
 
+def test_encode_black_equals_encoding_black_frames_and_skips_fixed_steps(vae, monkeypatch):
+    """The I2V condition's black frames: bitwise the latents `encode` gives, while the steps
+    that reached their fixed point stop running; at the fixed point the latent repeats."""
+    image = torch.rand(1, 3, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    black = torch.full((1, 3, 4, 16, 16), -1.0)
+    runs = [0] * len(vae.encoder.steps)
+
+    def counted(index, run):
+        def step(x, cache):
+            runs[index] += 1
+            return run(x, cache)
+        return step
+
+    with torch.no_grad():
+        fast = vae.stream_encoder()
+        fast.encode(image)
+        with monkeypatch.context() as patch:
+            patch.setattr(vae.encoder, "steps", [(counted(i, run), slots)
+                                                 for i, (run, slots) in enumerate(vae.encoder.steps)])
+            latents = []
+            while not fast.at_fixed_point:
+                latents.append(fast.encode_black())
+                assert len(latents) < 40, "the tiny encoder should reach its fixed point within 40 latent frames"
+            calls, runs_at_fixed_point = len(latents), list(runs)
+            latents += [fast.encode_black() for _ in range(3)]
+        plain = vae.stream_encoder()
+        plain.encode(image)
+        for latent in latents:
+            assert torch.equal(latent, plain.encode(black))
+    assert torch.equal(latents[-1], latents[calls - 1])                # the latent repeats
+    assert runs[0] < calls / 4                                         # conv1 (full resolution) settles first
+    assert runs == runs_at_fixed_point                                 # at the fixed point nothing runs
+    assert sum(runs) < 0.6 * calls * len(runs)
+
+
+def test_encode_black_needs_the_stream_started_and_encode_resumes_after_it(vae):
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="encode its first frames"):
+            vae.stream_encoder().encode_black()
+        video = torch.rand(1, 3, 13, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+        video[:, :, 1:5] = -1.0
+        stream = vae.stream_encoder()
+        pieces = [stream.encode(video[:, :, :1]), stream.encode_black(), stream.encode(video[:, :, 5:])]
+        torch.testing.assert_close(torch.cat(pieces, 2), vae.encode(video), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("chunks,match", [((4,), r"1 \+ 4k frames on the first call"),
                                           ((1, 5), "4k frames after the first call"),
                                           ((1, 2), "4k frames after the first call")])
