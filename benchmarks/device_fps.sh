@@ -13,6 +13,7 @@
 #   bash benchmarks/device_fps.sh sync       # overlap's runs after the cache view stopped blocking, wan-1.3b with
 #                                            # the JPEG beside and in line, each with the host's profile of a block
 #   bash benchmarks/device_fps.sh cond       # overlap's runs after the I2V condition stopped re-running settled encoder steps
+#   bash benchmarks/device_fps.sh window720  # 720p with FP8 linears at window 15, 6 and 3 (+ sink 3)
 #   bash benchmarks/device_fps.sh fp8att     # overlap's wan-1.3b runs with the self-attention in FP8 (our Triton kernel)
 #   bash benchmarks/device_fps.sh fp8att14b  # overlap's 14B run with the self-attention in FP8
 #   OUT=/tmp/fps bash benchmarks/device_fps.sh smoke   # the script itself on a CPU
@@ -87,6 +88,11 @@ case $SET in
     bench lingbot-14b_480p_fp8_tiny_jt_cond 190 --model lingbot-14b --resolution 480p $BEST --fp8 --decoder wan2.1 --jpeg-thread --blocks 21
     bench wan-1.3b_720p_tiny_jt_cond 120 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21
     ;;
+  window720) # 720p: FP8 linears, then shorter windows (what 16 FPS at 720p would cost; limits sum to 360 s)
+    bench wan-1.3b_720p_fp8_tiny_jt 120 --model wan-1.3b --resolution 720p $BEST --fp8 --decoder wan2.1 --jpeg-thread --blocks 21
+    bench wan-1.3b_720p_fp8_tiny_jt_w6 120 --model wan-1.3b --resolution 720p $BEST --fp8 --decoder wan2.1 --jpeg-thread --blocks 21 --window 6
+    bench wan-1.3b_720p_fp8_tiny_jt_w3 120 --model wan-1.3b --resolution 720p $BEST --fp8 --decoder wan2.1 --jpeg-thread --blocks 21 --window 3
+    ;;
   fp8att)    # limits sum to 300 s
     bench wan-1.3b_480p_tiny_jt_fp8att 130 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --jpeg-thread --blocks 31 --fp8-attention
     bench wan-1.3b_720p_tiny_jt_fp8att 170 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21 --fp8-attention
@@ -100,7 +106,7 @@ case $SET in
   smoke)      # the script itself, on a CPU, in seconds
     bench smoke_tiny 120 --model tiny --resolution 64x64 --device cpu --dtype fp32 --warmup 1 --blocks 3 --profile
     ;;
-  *) echo "unknown set $SET (main, ablation, profile, tiny, overlap, sync, control, cond, fp8att, fp8att14b, long or smoke)"; exit 2 ;;
+  *) echo "unknown set $SET (main, ablation, profile, tiny, overlap, sync, control, cond, window720, fp8att, fp8att14b, long or smoke)"; exit 2 ;;
 esac
 echo "total $((SECONDS - start))s"
 python - "$OUT" <<'PY'
