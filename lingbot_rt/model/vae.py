@@ -501,7 +501,7 @@ class StreamingEncoder:
         self.vae = vae
         self.cache: ConvCache = [None] * vae.encoder.num_cache_slots
         self.num_frames = 0                     # pixel frames encoded so far
-        self._black: torch.Tensor | None = None  # [B, 3, 4, H, W] of -1, made by the first call
+        self._black: torch.Tensor | None = None  # [B, 3, 4, H, W] of -1, made by `encode_black`
         self._fixed_steps = 0                   # encoder steps at a fixed point (a prefix of them)
         self._fixed_output: torch.Tensor | None = None   # the last fixed step's output
 
@@ -536,9 +536,13 @@ class StreamingEncoder:
         call left unchanged will return that call's output for ever, so it is not run again.
         Exact, not a tolerance: the skipped steps' cache slots already hold their fixed values.
         """
-        if self._black is None:
-            raise ValueError("encode_black continues a stream: encode its first frames (the image) first")
         cache, steps = self.cache, self.vae.encoder.steps
+        if self._black is None:
+            last_frames = cache[self.vae.encoder.conv1.cache_slot]      # the stream's pixels [B, 3, <= 2, H, W]
+            if last_frames is None:
+                raise ValueError("encode_black continues a stream: encode its first frames (the image) first")
+            self._black = torch.full_like(last_frames[:, :, :1], -1.0).expand(
+                -1, -1, ENCODE_CHUNK_FRAMES, -1, -1).contiguous()
         x = self._black if self._fixed_steps == 0 else self._fixed_output
         for index in range(self._fixed_steps, len(steps)):
             run, slots = steps[index]
@@ -564,7 +568,6 @@ class StreamingEncoder:
             raise ValueError(f"video height and width must be divisible by {SPACE_STRIDE}, "
                              f"got {video.shape[3]}x{video.shape[4]}")
         x = video.to(self.vae.dtype)
-        self._black = torch.full_like(x[:, :, :1], -1.0).expand(-1, -1, ENCODE_CHUNK_FRAMES, -1, -1).contiguous()
         self._fixed_steps, self._fixed_output = 0, None     # these frames need not be black
         chunks = [x[:, :, :1]] if first else []
         chunks += [x[:, :, start:start + ENCODE_CHUNK_FRAMES]
