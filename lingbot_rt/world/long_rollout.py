@@ -70,11 +70,8 @@ def drift(per_minute: list[dict]) -> dict:
         if len(values) < 3 or len(values) < len(per_minute):
             out[name] = None
             continue
-        minutes = np.arange(len(values), dtype=np.float64)
-        centred = minutes - minutes.mean()
-        slope = (centred * (values - values.mean())).sum() / (centred ** 2).sum()
-        residual = values - values.mean() - slope * centred
-        stderr = np.sqrt((residual ** 2).sum() / (len(values) - 2) / (centred ** 2).sum())
+        (slope, _), cov = np.polyfit(np.arange(len(values), dtype=np.float64), values, 1, cov=True)
+        stderr = np.sqrt(cov[0, 0])          # residual variance over n - 2 degrees of freedom
         scale = (len(values) - 1) / (values.mean() if isinstance(bound, tuple) else 1.0)
         change, half = slope * scale, 2 * stderr * scale
         out[name] = {"change": round(float(change), 4), "interval": [round(float(change - half), 4),
