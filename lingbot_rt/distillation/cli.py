@@ -67,14 +67,16 @@ def cmd_causal_init(args) -> int:
 
 def cmd_dmd(args) -> int:
     from ..world.latents import load_conditioned_clips
+    from ..world.train_vae import load_trained_vae
     from .causal_init import STUDENT_DIR
     from .config import DMDConfig
     from .job import DMDJob, train_from_env
     config = replace(_load_config(DMDConfig, args.config), **_given(
         args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "data_loss_weight", "strategy",
-        "activation_checkpointing"))
+        "activation_checkpointing", "rollout_frames"))
     load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips)
-    job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic)
+    job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic,
+                 load_vae=partial(load_trained_vae, args.vae))
     if args.workers == 0:                    # this process, or this rank of a torchrun
         train_from_env(job, args.device)
     else:
@@ -145,6 +147,9 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--critic-lr", type=float)
     p.add_argument("--data-loss-weight", type=float,
                    help="add this x the teacher-forcing loss on the real clips to the generator's (default 0)")
+    p.add_argument("--rollout-frames", type=int,
+                   help="long-horizon DMD: roll the student out to up to this many latent frames (past its KV "
+                        "window) and score the last clip-length window (default 0: as long as the clips)")
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.add_argument("--strategy", choices=STRATEGIES, help="ddp: whole replicas; fsdp: FSDP2 shards (14B class)")

@@ -110,6 +110,9 @@ class DMDConfig:
     ema_decay: float = 0.99
     data_loss_weight: float = 0.0   # + this x the teacher-forcing flow-matching loss on the real clips in
                                     # the generator's loss (0: DMD alone); keeps the student near the data
+    rollout_frames: int = 0         # long-horizon DMD (`long_horizon.py`): roll the student out to up to this many
+                                    # latent frames, past its KV window, and score the last clip-length window;
+                                    # 0: rollouts as long as the clips (Self-Forcing)
     steps: int = 2000               # critic steps (generator steps = steps / update_ratio)
     minutes: float | None = None
     log_every: int = 25
@@ -122,6 +125,8 @@ class DMDConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.rollout_frames < 0:
+            raise ValueError(f"rollout_frames must be >= 0 (0: as long as the clips), got {self.rollout_frames}")
         if self.data_loss_weight < 0:
             raise ValueError(f"data_loss_weight must be >= 0, got {self.data_loss_weight}")
         if not 0 <= self.ema_decay < 1:

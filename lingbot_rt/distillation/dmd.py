@@ -10,8 +10,13 @@ The KL gradient (DMD eq. 7) is proportional to x0_fake - x0_real; Self-Forcing n
 per clip by mean |x - x0_real| (DMD eq. 8's weighting) and applies it through the surrogate
 loss 0.5 ||x - sg(x - grad)||^2, whose gradient in x is exactly `grad`.
 The critic learns by flow matching on stop-gradient generator samples.
+
+Both bidirectional models read a batch's `Conditions`: a data clip's own (`Conditions.of_clips`),
+or, in long-horizon DMD, those of a window of a longer rollout (`long_horizon.py`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +24,20 @@ import torch.nn.functional as F
 from ..model.dit import CausalWanModel
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, shift_sigma
 from ..world.latents import ConditionedClips
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the teacher and the critic read for a batch of B clips of F latent frames."""
+
+    context: torch.Tensor         # [B, text_len, text_dim]
+    y: torch.Tensor               # [B, 20, F, h, w]: the I2V condition (mask, image latents)
+    control: torch.Tensor         # [B, C, F, h, w]
+    empty_context: torch.Tensor   # [text_len, text_dim]: the dropped prompt (guidance)
+
+    @classmethod
+    def of_clips(cls, data: ConditionedClips, index: torch.Tensor) -> "Conditions":
+        return cls(data.context[index], data.y[index], data.control[index], data.empty_context)
 
 
 def sample_sigma(batch: int, shift: float, low: float, high: float, generator: torch.Generator,
@@ -38,25 +57,28 @@ def predict_x0(model: CausalWanModel, x_t: torch.Tensor, sigma: torch.Tensor, co
 
 
 @torch.no_grad()
-def guided_x0(teacher: CausalWanModel, x_t: torch.Tensor, sigma: torch.Tensor, data: ConditionedClips,
-              index: torch.Tensor, guidance: float) -> torch.Tensor:
+def guided_x0(teacher: CausalWanModel, x_t: torch.Tensor, sigma: torch.Tensor, cond: Conditions,
+              guidance: float) -> torch.Tensor:
     """The real score's x0: the teacher, guided on prompt + control (one batched forward)."""
     batch = x_t.shape[0]
-    context = torch.cat([data.context[index], data.empty_context.expand(batch, -1, -1)])
-    control = torch.cat([data.control[index], torch.zeros_like(data.control[index])])
+    context = torch.cat([cond.context, cond.empty_context.expand(batch, -1, -1)])
+    control = torch.cat([cond.control, torch.zeros_like(cond.control)])
     x0 = predict_x0(teacher, torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), context,
-                    torch.cat([data.y[index], data.y[index]]), control)
+                    torch.cat([cond.y, cond.y]), control)
     x0_cond, x0_uncond = x0.float().chunk(2)
     return x0_uncond + guidance * (x0_cond - x0_uncond)
 
 
-def dmd_loss(x: torch.Tensor, teacher: CausalWanModel, critic: CausalWanModel, data: ConditionedClips,
-             index: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, guidance: float) -> tuple[torch.Tensor, dict]:
-    """The generator's loss on its samples x [B, 16, F, h, w] (with their graph)."""
+def dmd_loss(x: torch.Tensor, teacher: CausalWanModel, critic: CausalWanModel, cond: Conditions,
+             sigma: torch.Tensor, noise: torch.Tensor, guidance: float, first_frame: int = 0) -> tuple[torch.Tensor, dict]:
+    """The generator's loss on its samples x [B, 16, F, h, w] (with their graph). Both scores
+    read the whole clip; the loss (and its normalisation) covers latent frames `first_frame:`
+    (1 for a long-horizon window, whose first latent the condition gives the scores)."""
     x_t = noised(x.detach(), sigma, noise)
-    x0_real = guided_x0(teacher, x_t, sigma, data, index, guidance)
+    x0_real = guided_x0(teacher, x_t, sigma, cond, guidance)[:, :, first_frame:]
     with torch.no_grad():
-        x0_fake = predict_x0(critic, x_t, sigma, data.context[index], data.y[index], data.control[index]).float()
+        x0_fake = predict_x0(critic, x_t, sigma, cond.context, cond.y, cond.control).float()[:, :, first_frame:]
+    x = x[:, :, first_frame:]
     x64 = x.double()
     weight = (x64 - x0_real.double()).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
     grad = torch.nan_to_num((x0_fake.double() - x0_real.double()) / weight)
@@ -65,10 +87,9 @@ def dmd_loss(x: torch.Tensor, teacher: CausalWanModel, critic: CausalWanModel, d
                           "real_fake_gap": (x0_fake - x0_real).abs().mean().detach()}
 
 
-def critic_loss(critic: CausalWanModel, x: torch.Tensor, data: ConditionedClips, index: torch.Tensor,
-                sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def critic_loss(critic: CausalWanModel, x: torch.Tensor, cond: Conditions, sigma: torch.Tensor,
+                noise: torch.Tensor) -> torch.Tensor:
     """Flow matching on the generator's samples (stop-gradient): v regressed onto noise - x."""
     x = x.detach().float()
-    v = critic(noised(x, sigma, noise), sigma * NUM_TRAIN_TIMESTEPS, data.context[index], data.y[index],
-               data.control[index])
+    v = critic(noised(x, sigma, noise), sigma * NUM_TRAIN_TIMESTEPS, cond.context, cond.y, cond.control)
     return F.mse_loss(v.float(), noise - x)

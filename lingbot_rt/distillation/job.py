@@ -5,7 +5,8 @@ were started:
     torchrun --nproc_per_node=8 distillation/train_dmd.py ...    # torchrun (`train_from_env`)
     lingbot-rt distill dmd ... --workers 8 --gpus-per-worker 1   # Ray Train workers (`ray_job.py`)
 
-Every rank loads the conditioning data itself (`load_data(device)`) and builds the same
+Every rank loads the conditioning data itself (`load_data(device)`; the VAE too for
+long-horizon rollouts) and builds the same
 `DMDTrainer`; rank 0 writes the run directory (the checkpoint is written by every rank).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.vae import WanVAE
 from ..world.latents import ConditionedClips
 from .config import DMDConfig
 from .distributed import Ranks, init_from_env
@@ -30,13 +32,15 @@ class DMDJob:
     load_data: Callable[[torch.device], ConditionedClips]    # runs on each rank, on its device
     config: DMDConfig = DMDConfig()
     critic_dir: str | None = None
+    load_vae: Callable[[torch.device], WanVAE] | None = None   # the data's VAE (long-horizon rollouts)
 
 
 def run_job(job: DMDJob, ranks: Ranks, device: torch.device, report: Callable[[dict], None] | None = None,
             progress: bool = True) -> Path:
     """Train `job` as rank `ranks.rank` of the initialised process group (or alone)."""
+    vae = job.load_vae(device) if job.load_vae is not None and job.config.rollout_frames else None
     trainer = DMDTrainer(job.student_dir, job.teacher_dir, job.load_data(device), job.out_dir, job.config,
-                         job.critic_dir, ranks)
+                         job.critic_dir, ranks, vae)
     return trainer.train(report=report, progress=progress)
 
 

@@ -47,7 +47,7 @@ from ..model.kv_cache import KVCache
 from ..model.sampler import FewStepSchedule
 from ..world.latents import ConditionedClips
 from .config import STRATEGIES
-from .dmd import critic_loss, dmd_loss
+from .dmd import Conditions, critic_loss, dmd_loss
 from .self_forcing import student_rollout
 from .sharding import shard_for_training
 
@@ -644,7 +644,7 @@ class _DryStep:
             x0=torch.randn(lat), y=torch.randn(pc.batch, cfg.in_dim - cfg.out_dim, *lat[2:]),
             control=torch.randn(pc.batch, cfg.control_channels, *lat[2:]),
             context=torch.randn(pc.batch, cfg.text_len, cfg.text_dim), empty_context=torch.zeros(cfg.text_len, cfg.text_dim))
-        self.index = torch.arange(pc.batch)
+        self.conditions = Conditions.of_clips(self.data, torch.arange(pc.batch))
         self.sigma = torch.full((pc.batch,), 0.5)
         self.generator = torch.Generator().manual_seed(0)
         self.inputs = (self.data.y, self.data.control, self.data.context)
@@ -661,10 +661,10 @@ class _DryStep:
         mark("rollout")
         noise = torch.randn(x.shape)
         if phase == "generator":    # the expert of this t; CFG's cond and uncond in one forward
-            loss, _ = dmd_loss(x, nets.teacher[0], nets.critic, self.data, self.index, self.sigma, noise, guidance=3.0)
+            loss, _ = dmd_loss(x, nets.teacher[0], nets.critic, self.conditions, self.sigma, noise, guidance=3.0)
             mark("teacher (CFG) and critic forwards")
         else:
-            loss = critic_loss(nets.critic, x, self.data, self.index, self.sigma, noise)
+            loss = critic_loss(nets.critic, x, self.conditions, self.sigma, noise)
             mark("critic forward")
         loss.backward()
         mark("backward")

@@ -9,6 +9,8 @@ Per rollout (one batch of clips: start image, prompt and camera path from the da
      keeps the autograd graph; the block's x0 is committed by a clean pass without gradient,
      except the last block's, whose K/V no pass reads.
 Returns the clip's latents [B, 16, F, h, w]; a block's gradient reaches only its exit pass.
+A long-horizon rollout (`long_horizon.py`) streams its first `grad_from` frames as inference
+does (the full schedule, no gradient) and only the window after them as above.
 
 Activation checkpointing recomputes a block's exit pass in backward, reading the cache again:
 the rollout must not overwrite a slot a gradient-carrying pass read (`check_recompute_safe`).
@@ -48,12 +50,18 @@ def check_recompute_safe(cache_cfg: CacheConfig, num_frames: int) -> None:
 
 def student_rollout(student: CausalWanModel, context: torch.Tensor, y: torch.Tensor, control: torch.Tensor,
                     schedule: FewStepSchedule, cache_cfg: CacheConfig, generator: torch.Generator,
-                    exit_step: int | None = None, cache_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                    exit_step: int | None = None, cache_dtype: torch.dtype = torch.float32,
+                    grad_from: int = 0) -> torch.Tensor:
     """Generate clips [B, 16, F, h, w] (F = y's latent frames) with the student streaming.
     `exit_step` None = the full schedule (inference); gradients as described above when
-    enabled by the caller. `cache_dtype`: the K/V cache's, normally the compute dtype (bf16
-    under autocast, where K/V are computed in bf16: what inference stores)."""
+    enabled by the caller, for the blocks from latent frame `grad_from` (a block boundary) on;
+    the blocks before it take the full schedule without gradient. `cache_dtype`: the K/V
+    cache's, normally the compute dtype (bf16 under autocast, where K/V are computed in bf16:
+    what inference stores)."""
     batch, _, num_frames, h, w = y.shape
+    if grad_from % cache_cfg.block_frames or not 0 <= grad_from < num_frames:
+        raise ValueError(f"grad_from must be a block boundary (a multiple of {cache_cfg.block_frames}) before "
+                         f"the rollout's {num_frames} frames, got {grad_from}")
     cache = student.new_cache(cache_cfg, batch, (h, w), dtype=cache_dtype)
     slots = list(range(batch))
     with torch.no_grad():
@@ -64,7 +72,9 @@ def student_rollout(student: CausalWanModel, context: torch.Tensor, y: torch.Ten
         noise = torch.randn((batch, student.cfg.out_dim, frames.stop - start, h, w), generator=generator,
                             device=y.device)
         commit = "clean" if frames.stop < num_frames else "none"
-        blocks.append(generate_block(student, cache, slots, noise, schedule, y=y[:, :, frames],
-                                     control=control[:, :, frames], generator=generator, commit=commit,
-                                     exit_step=exit_step))
+        context_block = start < grad_from
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not context_block):
+            blocks.append(generate_block(student, cache, slots, noise, schedule, y=y[:, :, frames],
+                                         control=control[:, :, frames], generator=generator, commit=commit,
+                                         exit_step=None if context_block else exit_step))
     return torch.cat(blocks, 2)

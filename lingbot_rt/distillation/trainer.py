@@ -6,7 +6,8 @@ a frozen bidirectional teacher (real score) and a trained bidirectional critic (
 One step (Self-Forcing's `trainer/distillation.py` order):
   1. a shared exit step and the clips of the step's batch;
   2. every `update_ratio`-th step, the generator: a rollout with gradient at the exit step,
-     the DMD loss (`dmd.py`; plus `data_loss_weight` x the teacher-forcing flow-matching loss
+     the DMD loss (`dmd.py`; with `rollout_frames`, on a window of a longer rollout:
+     `long_horizon.py`; plus `data_loss_weight` x the teacher-forcing flow-matching loss
      on the batch's real clips, `causal_init.py`), an update (averaged over ranks, clipped), the EMA;
      the other steps roll out without gradient;
   3. the critic: flow matching on the (detached) rollout, an update.
@@ -50,12 +51,14 @@ from torch.distributed.tensor import DTensor
 
 from ..model.checkpoint import load_model, save_model
 from ..model.dit import CausalWanModel
+from ..model.vae import WanVAE
 from ..world.latents import ConditionedClips
 from ..world.training import EMA, Budget, JsonlLog
 from .causal_init import STUDENT_DIR, teacher_forcing_loss
 from .config import DMDConfig
 from .distributed import Ranks, average_gradients
-from .dmd import critic_loss, dmd_loss, sample_sigma
+from .dmd import Conditions, critic_loss, dmd_loss, sample_sigma
+from .long_horizon import long_controls, long_image_condition, rollout_lengths, window_conditions
 from .self_forcing import check_recompute_safe, rollout_trains, student_rollout
 from .sharding import ShardedEMA, checkpoint_blocks, load_sharded, set_trainable
 
@@ -77,14 +80,24 @@ class DMDTrainer:
     """Student, EMA, critic, teacher and optimisers of one run; `train` runs it to its budget."""
 
     def __init__(self, student_dir: str | Path, teacher_dir: str | Path, data: ConditionedClips, out_dir: str | Path,
-                 config: DMDConfig = DMDConfig(), critic_dir: str | Path | None = None, ranks: Ranks = Ranks()):
+                 config: DMDConfig = DMDConfig(), critic_dir: str | Path | None = None, ranks: Ranks = Ranks(),
+                 vae: WanVAE | None = None):
+        """`vae`: the data's VAE, needed by long-horizon rollouts (`config.rollout_frames`) only."""
         self.config, self.data, self.ranks, self.out = config, data, ranks, Path(out_dir)
         self.device = data.x0.device
         # bf16 compute on GPUs (where the student streams in bf16), fp32 on the CPU (exact tests)
         self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.schedule, self.cache_cfg = config.student.schedule(), config.student.cache()
+        clip_frames = data.y.shape[2]
+        self.lengths = [clip_frames]
+        self.vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
+        if config.rollout_frames:
+            self.lengths = rollout_lengths(clip_frames, config.rollout_frames, self.cache_cfg.block_frames)
+            if self.vae is None:
+                raise ValueError("long-horizon DMD (rollout_frames) scores windows conditioned on decoded frames: "
+                                 "it needs the data's VAE")
         if config.activation_checkpointing:
-            check_recompute_safe(self.cache_cfg, data.y.shape[2])
+            check_recompute_safe(self.cache_cfg, self.lengths[-1])
         torch.manual_seed(config.seed)
         critic_dir = critic_dir or teacher_dir
         if config.strategy == "fsdp":
@@ -203,6 +216,25 @@ class DMDTrainer:
         optimizer.step()
         return total, grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
 
+    def _rollout(self, index: torch.Tensor, length: int, exit_step: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, Conditions, int]:
+        """The student's rollout of `length` latent frames for clips `index`; returns the window the
+        scores see (its last clip-length frames), their conditions and the window's first frame
+        that the DMD loss covers (`long_horizon.py`)."""
+        data = self.data
+        clip_frames = data.y.shape[2]
+        control, y = data.control[index], data.y[index]
+        if length > clip_frames:
+            control, y = long_controls(data, index, length, generator), long_image_condition(y, length)
+        x = student_rollout(self.student, data.context[index], y, control, self.schedule, self.cache_cfg, generator,
+                            exit_step=exit_step, cache_dtype=self.compute_dtype, grad_from=length - clip_frames)
+        if length == clip_frames:
+            return x, Conditions.of_clips(data, index), 0
+        window = x[:, :, length - clip_frames:]
+        with torch.autocast(self.device.type, enabled=False):
+            cond = window_conditions(self.vae, window, control[:, :, length - clip_frames:], data, index)
+        return window, cond, 1
+
     def train_step(self) -> dict:
         config, data, device = self.config, self.data, self.device
         shared = step_generator(config.seed, self.step, device)
@@ -215,10 +247,13 @@ class DMDTrainer:
         shift, low, high = config.student.shift, config.min_sigma, config.max_sigma
         record = {"step": self.step + 1, "exit_step": exit_step}
         generator_step = self.step % config.update_ratio == 0
+        length = self.lengths[0]
+        if len(self.lengths) > 1:            # long-horizon: a rollout length, the same on every rank
+            length = self.lengths[int(torch.randint(len(self.lengths), (1,), generator=shared, device=device))]
         with autocast, torch.set_grad_enabled(generator_step):
-            x = student_rollout(self.student, data.context[index], data.y[index], data.control[index],
-                                self.schedule, self.cache_cfg, local, exit_step=exit_step,
-                                cache_dtype=self.compute_dtype)
+            x, cond, first_frame = self._rollout(index, length, exit_step, local)
+        if len(self.lengths) > 1:
+            record["rollout_frames"] = length
         if generator_step:
             sigma = sample_sigma(len(index), shift, low, high, local, device)
             noise = torch.randn(x.shape, generator=local, device=device)
@@ -226,8 +261,8 @@ class DMDTrainer:
 
             def distribution_matching() -> torch.Tensor:
                 with autocast:
-                    loss, more = dmd_loss(x, self.teacher, self.critic, data, index, sigma, noise,
-                                          config.student.guidance)
+                    loss, more = dmd_loss(x, self.teacher, self.critic, cond, sigma, noise,
+                                          config.student.guidance, first_frame)
                 stats.update(more)
                 return loss
 
@@ -247,7 +282,7 @@ class DMDTrainer:
 
         def critic_term() -> torch.Tensor:
             with autocast:
-                return critic_loss(self.critic, x, data, index, sigma, noise)
+                return critic_loss(self.critic, x, cond, sigma, noise)
         loss, grad_norm = self._update(self.critic, self.critic_optimizer, critic_term)
         self.step += 1
         return record | {"critic_loss": round(loss.item(), 6), "critic_grad_norm": round(grad_norm.item(), 4)}

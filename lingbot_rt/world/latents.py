@@ -47,6 +47,19 @@ def video_tensor(frames_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def image_condition(vae: WanVAE, images: torch.Tensor, num_video_frames: int) -> torch.Tensor:
+    """images [B, 3, H, W] in [-1, 1] -> the I2V condition y [B, 20, F_lat, h, w] float32 of clips
+    of `num_video_frames` (4n+1) starting at them: the mask (1 on latent frame 0) and
+    `vae.encode(image + black frames)`."""
+    image_clip = images.new_full((*images.shape[:2], num_video_frames, *images.shape[2:]), -1.0)
+    image_clip[:, :, 0] = images
+    y_lat = vae.encode(image_clip)
+    mask = torch.zeros(y_lat.shape[0], MASK_CHANNELS, *y_lat.shape[2:], device=y_lat.device)
+    mask[:, :, 0] = 1.0
+    return torch.cat([mask, y_lat], 1)
+
+
+@torch.no_grad()
 def condition_clips(clips: ClipTensors, vae: WanVAE, text_encoder: TextEncoder, text_len: int,
                     device: torch.device | str, batch_size: int = 8, control_type: str = "cam") -> ConditionedClips:
     device = torch.device(device)
@@ -55,12 +68,7 @@ def condition_clips(clips: ClipTensors, vae: WanVAE, text_encoder: TextEncoder, 
     for start in tqdm(range(0, len(clips), batch_size), desc="encode clips", unit="batch", leave=False):
         frames = video_tensor(clips.frames[start:start + batch_size].to(device))
         x0.append(vae.encode(frames).to(torch.bfloat16))
-        image_clip = torch.full_like(frames, -1.0)
-        image_clip[:, :, 0] = frames[:, :, 0]
-        y_lat = vae.encode(image_clip)
-        mask = torch.zeros(y_lat.shape[0], MASK_CHANNELS, *y_lat.shape[2:], device=device)
-        mask[:, :, 0] = 1.0
-        y.append(torch.cat([mask, y_lat], 1).to(torch.bfloat16))
+        y.append(image_condition(vae, frames[:, :, 0], frames.shape[2]).to(torch.bfloat16))
         for index in range(start, min(start + batch_size, len(clips))):
             poses = clips.poses[index, ::VIDEO_FRAMES_PER_LATENT].cpu().numpy()
             control.append(control_embedding(poses, clips.intrinsics[index].cpu().numpy(), height, width,

@@ -9,7 +9,7 @@ import torch
 from lingbot_rt.config_io import config_from_dict
 from lingbot_rt.distillation.causal_init import ode_regression_loss, teacher_forcing_loss, train_causal_init
 from lingbot_rt.distillation.config import CausalInitConfig, DMDConfig, ODEPairsConfig, StudentSchedule
-from lingbot_rt.distillation.dmd import critic_loss, dmd_loss
+from lingbot_rt.distillation.dmd import Conditions, critic_loss, dmd_loss
 from lingbot_rt.distillation.ode_pairs import (
     META,
     PairsError,
@@ -159,20 +159,27 @@ def test_generate_block_refuses_a_bad_exit_step():
 
 
 # ---- losses ----------------------------------------------------------------------------------------
-def test_dmd_surrogate_gradient_is_the_normalised_score_difference(teacher, data):
+@pytest.mark.parametrize("first_frame", [0, 1])
+def test_dmd_surrogate_gradient_is_the_normalised_score_difference(teacher, data, first_frame):
+    """Over the frames the loss covers (all, or a long-horizon window's after its first); none
+    reaches the frames before."""
     critic = tiny_model(3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, NUM_FRAMES, *LATENT_HW, generator=g, requires_grad=True)
     sigma, noise, index = torch.tensor([0.3, 0.8]), torch.randn(x.shape, generator=g), torch.tensor([0, 2])
-    loss, stats = dmd_loss(x, teacher, critic, data, index, sigma, noise, guidance=2.0)
+    loss, stats = dmd_loss(x, teacher, critic, Conditions.of_clips(data, index), sigma, noise, guidance=2.0,
+                           first_frame=first_frame)
     loss.backward()
     from lingbot_rt.distillation.dmd import guided_x0, noised, predict_x0
     with torch.no_grad():
         x_t = noised(x, sigma, noise)
-        real = guided_x0(teacher, x_t, sigma, data, index, 2.0)
-        fake = predict_x0(critic, x_t, sigma, data.context[index], data.y[index], data.control[index])
-        weight = (x - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
-    torch.testing.assert_close(x.grad * x.numel(), (fake - real) / weight, rtol=1e-4, atol=1e-5)
+        real = guided_x0(teacher, x_t, sigma, Conditions.of_clips(data, index), 2.0)[:, :, first_frame:]
+        fake = predict_x0(critic, x_t, sigma, data.context[index], data.y[index], data.control[index])[:, :, first_frame:]
+        covered = x[:, :, first_frame:]
+        weight = (covered - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+    torch.testing.assert_close(x.grad[:, :, first_frame:] * covered.numel(), (fake - real) / weight,
+                               rtol=1e-4, atol=1e-5)
+    assert torch.count_nonzero(x.grad[:, :, :first_frame]) == 0
     assert stats["real_fake_gap"] > 0
 
 

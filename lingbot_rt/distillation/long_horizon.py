@@ -1,0 +1,71 @@
+"""Long-horizon DMD (Self-Forcing++, Cui et al. 2025): rollouts past the KV window.
+
+A student trained only on rollouts as long as the data's clips (21 latent frames) never sees
+its cache roll: 21 frames fit the sink and the window, so the attention pattern it streams
+with for minutes (sink + a window of its own frames far from the sink, re-roped) and the
+errors that build up in it are never trained. Long-horizon DMD rolls the student out further
+and applies DMD to the last clip-length window, which the bidirectional teacher can score.
+
+Per step, with `DMDConfig.rollout_frames` R longer than the clips' F latent frames:
+  1. a rollout length L from F, F + b, ..., R (b = block frames), shared by the ranks;
+  2. L frames of controls: the clip's own, then the camera motions of other clips of the data
+     (a latent frame's control is the motion since the previous one, so motions chain); the
+     image condition continues with the clip's last latent, the black frames' latent (the
+     encoder's fixed point, reached within the 21 frames of the world's clips);
+  3. the student streams L frames: the first L - F as inference does (no gradient), the last F,
+     the window, as in Self-Forcing (a random exit step, gradient there);
+  4. the teacher and the critic score the window as a clip of its own (`window_conditions`):
+     its first latent decoded to an image and encoded with black frames as the I2V condition,
+     as the data's clips are; its controls with the first replaced by a clip start's (no
+     motion). The window's first latent, which that condition hands the scores, takes no DMD
+     gradient (`dmd_loss(first_frame=1)`).
+With L = F a step is the plain Self-Forcing step on the clip with its own condition.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..model.controls import VIDEO_FRAMES_PER_LATENT
+from ..model.vae import WanVAE
+from ..world.latents import ConditionedClips, image_condition
+from .dmd import Conditions
+
+
+def rollout_lengths(clip_frames: int, rollout_frames: int, block_frames: int) -> list[int]:
+    """The rollout lengths a step draws from: F, F + b, ... up to `rollout_frames`."""
+    if rollout_frames < clip_frames:
+        raise ValueError(f"rollout_frames ({rollout_frames}) must be at least the clips' {clip_frames} latent "
+                         "frames (0 turns long-horizon rollouts off)")
+    return list(range(clip_frames, rollout_frames + 1, block_frames))
+
+
+def long_controls(data: ConditionedClips, index: torch.Tensor, frames: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """[B, C, frames, h, w]: each clip's controls, then the motions (latent frames 1..F-1) of
+    other clips drawn at random."""
+    control = data.control[index]
+    parts, have = [control], control.shape[2]
+    while have < frames:
+        others = torch.randint(len(data), (len(index),), generator=generator, device=index.device)
+        parts.append(data.control[others][:, :, 1:])
+        have += parts[-1].shape[2]
+    return torch.cat(parts, 2)[:, :, :frames]
+
+
+def long_image_condition(y: torch.Tensor, frames: int) -> torch.Tensor:
+    """[B, 20, frames, h, w]: the clips' condition, continued with their last latent frame."""
+    extra = frames - y.shape[2]
+    return torch.cat([y, y[:, :, -1:].expand(-1, -1, extra, -1, -1)], 2) if extra > 0 else y[:, :, :frames]
+
+
+@torch.no_grad()
+def window_conditions(vae: WanVAE, window: torch.Tensor, control: torch.Tensor, data: ConditionedClips,
+                      index: torch.Tensor) -> Conditions:
+    """The scores' conditions for a window [B, 16, F, h, w] of the student's rollout, whose
+    controls are `control` [B, C, F, h, w]: the window's first latent decoded and encoded as the
+    I2V image, a clip start's control for its first frame, the clips' prompts."""
+    num_frames = window.shape[2]
+    image = vae.decode(window[:, :, :1].detach().float().to(vae.dtype))[:, :, 0].clamp(-1, 1)
+    y = image_condition(vae, image, VIDEO_FRAMES_PER_LATENT * (num_frames - 1) + 1)
+    control = torch.cat([data.control[index][:, :, :1], control[:, :, 1:].to(data.control.dtype)], 2)
+    return Conditions(data.context[index], y.to(data.y.dtype), control, data.empty_context)
