@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Long-horizon DMD against its control, on one GPU in one call: from the shipped student, DMD
+# with rollouts past the KV window (`lh`, --rollout-frames LONG) and the same DMD on clip-length
+# rollouts (`ctl`), side by side for SEG_MIN minutes (the shipped recipe: data loss 1.5,
+# guidance 5, lr 5e-5, EMA 0.9, a fresh critic); held-out evaluation of both; both students
+# exported (FP8 matrices, the shipped format); 10-minute rollouts of both on seeds 0-4 until
+# the call's time (LIMIT seconds) runs out. Everything lands in $OUT as three archives.
+#   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/long_horizon_h100.sh
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+OUT=${OUT:?where the archives go}; PROBE=${PROBE:?a pose probe}
+LONG=${LONG:-63}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}
+mkdir -p "$ROOT"
+cp "$PROBE" "$ROOT/probe.pt"
+base="ema_decay: 0.9\nsave_every: 100\nlog_every: 10\nstudent:\n  guidance: 5.0\n"
+printf "$base" > "$ROOT/dmd.yaml"
+printf "${base}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
+start=lingbot_rt/world/weights/student
+ROOT=$ROOT CLIPS=512 HELDOUT=32 SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 \
+    RUNS="lh=$start:5e-5:1.5:$ROOT/dmd_lh.yaml ctl=$start:5e-5:1.5:$ROOT/dmd.yaml" \
+    bash benchmarks/distill/dmd_segments.sh
+for name in lh ctl; do
+    $world export --student "$ROOT/dmd_$name/student" --out "$ROOT/export_$name" > /dev/null
+    tar -C "$ROOT/export_$name" -cf "$OUT/student_$name.tar" student
+done
+stamp "export done at ${SECONDS}s"
+ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="lh=$ROOT/export_lh/student ctl=$ROOT/export_ctl/student" \
+    PROBE="$ROOT/probe.pt" bash benchmarks/distill/long_rollouts.sh || true
+tar -C "$ROOT" -czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude=data --exclude=heldout --exclude='dmd_*/checkpoint' \
+    --exclude='export_*' --exclude='dmd_*/student' .
