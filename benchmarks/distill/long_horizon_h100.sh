@@ -4,27 +4,32 @@
 # rollouts (`ctl`), side by side for SEG_MIN minutes (the shipped recipe: data loss 1.5,
 # guidance 5, lr 5e-5, EMA 0.9, a fresh critic); held-out evaluation of both; both students
 # exported (FP8 matrices, the shipped format); 10-minute rollouts of both on seeds 0-4 until
-# the call's time (LIMIT seconds) runs out. Everything lands in $OUT as three archives.
+# the call's time (LIMIT seconds) runs out. Everything lands in $OUT as archives. NAMES picks
+# the runs (default "lh ctl"), START the student they start from, ROLL=0 skips the rollouts
+# (then `long_rollouts.sh` in a call of its own).
 #   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${OUT:?where the archives go}; PROBE=${PROBE:?a pose probe}
-LONG=${LONG:-63}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}
+LONG=${LONG:-63}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}; NAMES=${NAMES:-lh ctl}; ROLL=${ROLL:-1}
+START=${START:-lingbot_rt/world/weights/student}
 mkdir -p "$ROOT"
 cp "$PROBE" "$ROOT/probe.pt"
 base="ema_decay: 0.9\nsave_every: 100\nlog_every: 10\nstudent:\n  guidance: 5.0\n"
 printf "$base" > "$ROOT/dmd.yaml"
 printf "${base}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
-start=lingbot_rt/world/weights/student
-ROOT=$ROOT CLIPS=512 HELDOUT=32 SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 \
-    RUNS="lh=$start:5e-5:1.5:$ROOT/dmd_lh.yaml ctl=$start:5e-5:1.5:$ROOT/dmd.yaml" \
-    bash benchmarks/distill/dmd_segments.sh
-for name in lh ctl; do
+declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml")
+runs=""; students=""
+for name in $NAMES; do
+    runs+=" $name=$START:5e-5:1.5:${config[$name]}"; students+=" $name=$ROOT/export_$name/student"
+done
+ROOT=$ROOT CLIPS=512 HELDOUT=32 SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 RUNS="$runs" bash benchmarks/distill/dmd_segments.sh
+for name in $NAMES; do
     $world export --student "$ROOT/dmd_$name/student" --out "$ROOT/export_$name" > /dev/null
     tar -C "$ROOT/export_$name" -cf "$OUT/student_$name.tar" student
 done
 stamp "export done at ${SECONDS}s"
-ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="lh=$ROOT/export_lh/student ctl=$ROOT/export_ctl/student" \
-    PROBE="$ROOT/probe.pt" bash benchmarks/distill/long_rollouts.sh || true
+[ "$ROLL" = 0 ] || ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="$students" PROBE="$ROOT/probe.pt" \
+    bash benchmarks/distill/long_rollouts.sh || true
 tar -C "$ROOT" -czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude=data --exclude=heldout --exclude='dmd_*/checkpoint' \
     --exclude='export_*' --exclude='dmd_*/student' .
