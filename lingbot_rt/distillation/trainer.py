@@ -298,7 +298,7 @@ class DMDTrainer:
         budget, logger = Budget(config.steps, config.minutes), JsonlLog(self.out)
         if self.ranks.rank == 0:
             (self.out / "train_config.json").write_text(json.dumps(
-                {**asdict(config), **self.sources, "world_size": self.ranks.world_size}, indent=2) + "\n")
+                {**asdict(config), "sources": self.sources, "world_size": self.ranks.world_size}, indent=2) + "\n")
         show = progress and self.ranks.rank == 0
         generator_record: dict = {}       # the latest generator step's numbers, logged with every record
         with tqdm(total=config.steps, initial=self.step, desc="dmd", unit="step", disable=not show) as bar:

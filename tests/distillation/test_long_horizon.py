@@ -122,6 +122,9 @@ def test_long_horizon_dmd_resumes_bit_identically_and_needs_the_vae(dirs, data, 
     logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
             for run in ("straight", "resumed")]
     assert logs[0] == logs[1] and len(logs[0]) == 4
+    recorded = json.loads((tmp_path / "resumed" / "train_config.json").read_text())
+    assert recorded["rollout_frames"] == LONG and recorded["student"]["guidance"] == SCHEDULE.guidance
+    assert recorded["sources"]["student"] == str(dirs[0])
     straight, resumed = (load_model(tmp_path / run / "student").state_dict() for run in ("straight", "resumed"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
     with pytest.raises(ValueError, match="needs the data's VAE"):
