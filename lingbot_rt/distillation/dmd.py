@@ -36,7 +36,7 @@ class Conditions:
     empty_context: torch.Tensor   # [text_len, text_dim]: the dropped prompt (guidance)
 
     @classmethod
-    def of_clips(cls, data: ConditionedClips, index: torch.Tensor) -> "Conditions":
+    def of_clips(cls, data: ConditionedClips, index: torch.Tensor) -> Conditions:
         return cls(data.context[index], data.y[index], data.control[index], data.empty_context)
 
 

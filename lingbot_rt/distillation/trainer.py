@@ -58,7 +58,12 @@ from .causal_init import STUDENT_DIR, teacher_forcing_loss
 from .config import DMDConfig
 from .distributed import Ranks, average_gradients
 from .dmd import Conditions, critic_loss, dmd_loss, sample_sigma
-from .long_horizon import long_controls, long_image_condition, rollout_lengths, window_conditions
+from .long_horizon import (
+    long_controls,
+    long_image_condition,
+    rollout_lengths,
+    window_conditions,
+)
 from .self_forcing import check_recompute_safe, rollout_trains, student_rollout
 from .sharding import ShardedEMA, checkpoint_blocks, load_sharded, set_trainable
 

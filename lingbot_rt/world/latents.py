@@ -50,10 +50,15 @@ def video_tensor(frames_uint8: torch.Tensor) -> torch.Tensor:
 def image_condition(vae: WanVAE, images: torch.Tensor, num_video_frames: int) -> torch.Tensor:
     """images [B, 3, H, W] in [-1, 1] -> the I2V condition y [B, 20, F_lat, h, w] float32 of clips
     of `num_video_frames` (4n+1) starting at them: the mask (1 on latent frame 0) and
-    `vae.encode(image + black frames)`."""
-    image_clip = images.new_full((*images.shape[:2], num_video_frames, *images.shape[2:]), -1.0)
-    image_clip[:, :, 0] = images
-    y_lat = vae.encode(image_clip)
+    `vae.encode(image + black frames)`, encoded as a stream: the image, then the black frames
+    with `encode_black`, which skips the encoder steps at their fixed point (bitwise the
+    whole-clip encode; 4.6x faster for 81 frames of 128x128 on the CPU)."""
+    if num_video_frames < 1 or (num_video_frames - 1) % VIDEO_FRAMES_PER_LATENT:
+        raise ValueError(f"an I2V clip has 4n+1 video frames, got {num_video_frames}")
+    encoder = vae.stream_encoder()
+    latents = [encoder.encode(images[:, :, None])]
+    latents += [encoder.encode_black() for _ in range((num_video_frames - 1) // VIDEO_FRAMES_PER_LATENT)]
+    y_lat = torch.cat(latents, 2)
     mask = torch.zeros(y_lat.shape[0], MASK_CHANNELS, *y_lat.shape[2:], device=y_lat.device)
     mask[:, :, 0] = 1.0
     return torch.cat([mask, y_lat], 1)

@@ -21,7 +21,14 @@ from lingbot_rt.model.checkpoint import load_model
 from lingbot_rt.model.vae import WanVAE, vae_config
 from lingbot_rt.world.latents import image_condition
 
-from .helpers import LATENT_HW, NUM_FRAMES, SCHEDULE, save_tiny, synthetic_clips, tiny_model
+from .helpers import (
+    LATENT_HW,
+    NUM_FRAMES,
+    SCHEDULE,
+    save_tiny,
+    synthetic_clips,
+    tiny_model,
+)
 
 LONG = 12            # 4 blocks of 3 over 1 sink + 3 window slots: the cache rolls twice
 DMD = DMDConfig(batch_size=2, steps=4, update_ratio=2, log_every=1, save_every=2, student=SCHEDULE, rollout_frames=LONG)
@@ -131,3 +138,16 @@ def test_long_horizon_dmd_resumes_bit_identically_and_needs_the_vae(dirs, data, 
         DMDTrainer(*dirs, data, tmp_path / "novae", DMD)
     with pytest.raises(ValueError, match="rollout_frames must be >= 0"):
         DMDConfig(rollout_frames=-3)
+
+
+def test_image_condition_streams_bitwise_the_whole_clip_encode(vae):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    clip = torch.full((2, 3, 13, 32, 32), -1.0)
+    clip[:, :, 0] = images
+    with torch.no_grad():
+        whole = vae.encode(clip)
+    y = image_condition(vae, images, 13)
+    torch.testing.assert_close(y[:, 4:], whole, rtol=0, atol=0)
+    assert y[:, :4, 0].eq(1).all() and y[:, :4, 1:].eq(0).all()
+    with pytest.raises(ValueError, match="4n\\+1 video frames, got 12"):
+        image_condition(vae, images, 12)
