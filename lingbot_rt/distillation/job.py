@@ -6,8 +6,8 @@ were started:
     lingbot-rt distill dmd ... --workers 8 --gpus-per-worker 1   # Ray Train workers (`ray_job.py`)
 
 Every rank loads the conditioning data itself (`load_data(device)`; the VAE too for
-long-horizon rollouts) and builds the same
-`DMDTrainer`; rank 0 writes the run directory (the checkpoint is written by every rank).
+long-horizon rollouts) and builds the same `DMDTrainer`; rank 0 writes the run directory
+(the checkpoint is written by every rank).
 """
 from __future__ import annotations
 
