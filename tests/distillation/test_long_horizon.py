@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from lingbot_rt.distillation.config import DMDConfig
+from lingbot_rt.distillation.distributed import Ranks
+from lingbot_rt.distillation.job import DMDJob, run_job
 from lingbot_rt.distillation.long_horizon import (
     long_controls,
     long_image_condition,
@@ -25,6 +27,7 @@ from .helpers import (
     LATENT_HW,
     NUM_FRAMES,
     SCHEDULE,
+    load_clips,
     save_tiny,
     synthetic_clips,
     tiny_model,
@@ -151,3 +154,19 @@ def test_image_condition_streams_bitwise_the_whole_clip_encode(vae):
     assert y[:, :4, 0].eq(1).all() and y[:, :4, 1:].eq(0).all()
     with pytest.raises(ValueError, match="4n\\+1 video frames, got 12"):
         image_condition(vae, images, 12)
+
+
+def test_a_job_loads_the_vae_only_for_long_horizon_rollouts(dirs, vae, tmp_path):
+    loads = []
+
+    def load_vae(device):
+        loads.append(device)
+        return vae
+
+    for name, config in (("plain", replace(DMD, rollout_frames=0, steps=1)), ("long", replace(DMD, steps=1))):
+        job = DMDJob(str(dirs[0]), str(dirs[1]), str(tmp_path / name), load_clips, config, load_vae=load_vae)
+        run_job(job, Ranks(), torch.device("cpu"), progress=False)
+    assert loads == [torch.device("cpu")]
+    records = [json.loads(line) for line in (tmp_path / "long" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["rollout_frames"] in (6, 9, 12)
+    assert "rollout_frames" not in (tmp_path / "plain" / "log.jsonl").read_text()
