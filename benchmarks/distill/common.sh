@@ -5,8 +5,8 @@ WEIGHTS=lingbot_rt/world/weights; TEACHER=$WEIGHTS/teacher
 world="python -m lingbot_rt.world.cli"; distill="python -m lingbot_rt.distillation.cli"
 stamp() { echo "== $(date +%T) $*"; }
 
-gen_data() {   # gen_data <clips> <heldout clips>: training clips and held-out clips (another seed)
-    $world gen-data --out "$ROOT/data" --clips "$1" --frames $FRAMES --height $SIZE --width $SIZE \
+gen_data() {   # gen_data <clips> <heldout clips>: training clips (TRAIN_FRAMES long) and held-out clips (another seed)
+    $world gen-data --out "$ROOT/data" --clips "$1" --frames "${TRAIN_FRAMES:-$FRAMES}" --height $SIZE --width $SIZE \
         --shard-size 200 --workers "$WORKERS" --quiet
     $world gen-data --out "$ROOT/heldout" --clips "$2" --frames $FRAMES --height $SIZE --width $SIZE \
         --seed 1 --workers "$WORKERS" --quiet

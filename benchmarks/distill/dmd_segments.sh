@@ -3,7 +3,7 @@
 # own checkpoint for SEG_MIN minutes, side by side on one GPU, and every student (the EMA) is
 # evaluated on the held-out clips after every segment (eval_<run>_<segment>/, side by side too).
 # Resumes. A run is name=initial-student:lr[:data-loss-weight[:config-yaml]] (its own DMDConfig
-# YAML instead of CONFIG).
+# YAML instead of CONFIG). EVAL=0 skips the evaluations.
 #   RUNS="a=students/dmd_init_tf:2e-5 b=students/dmd_init_tf:5e-5:0.5" SEGMENTS=3 SEG_MIN=6 \
 #       bash benchmarks/distill/dmd_segments.sh
 set -euo pipefail
@@ -24,6 +24,7 @@ for segment in $(seq 1 "$SEGMENTS"); do
             --steps 1000000 --minutes "$SEG_MIN" ${config:+--config "$config"} >> "$ROOT/dmd_$name.log" 2>&1 &
     done
     wait
+    [ "${EVAL:-1}" = 0 ] && continue
     for run in $RUNS; do
         name=${run%%=*}
         evaluate "${name}_$segment" --student "$ROOT/dmd_$name/student" &

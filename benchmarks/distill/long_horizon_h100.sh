@@ -5,8 +5,10 @@
 # guidance 5, lr 5e-5, EMA 0.9, a fresh critic); held-out evaluation of both; both students
 # exported (FP8 matrices, the shipped format); 10-minute rollouts of both on seeds 0-4 until
 # the call's time (LIMIT seconds) runs out. Everything lands in $OUT as archives. NAMES picks
-# the runs (default "lh ctl"), START the student they start from, ROLL=0 skips the rollouts
-# (then `long_rollouts.sh` in a call of its own).
+# the runs (default "lh ctl"; `lt`: windows anchored on the true frames, which needs training
+# clips of LONG latent frames: TRAIN_FRAMES=$((4 * LONG + 1))), START the student they start
+# from, ROLL=0 skips the rollouts (then `long_rollouts.sh` in a call of its own), EVAL=0 the
+# held-out evaluations.
 #   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -18,12 +20,13 @@ cp "$PROBE" "$ROOT/probe.pt"
 base="ema_decay: 0.9\nsave_every: 100\nlog_every: 10\nstudent:\n  guidance: 5.0\n"
 printf "$base" > "$ROOT/dmd.yaml"
 printf "${base}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
-declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml")
+printf "${base}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
+declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml" [lt]="$ROOT/dmd_lt.yaml")
 runs=""; students=""
 for name in $NAMES; do
     runs+=" $name=$START:5e-5:1.5:${config[$name]}"; students+=" $name=$ROOT/export_$name/student"
 done
-ROOT=$ROOT CLIPS=512 HELDOUT=32 SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 RUNS="$runs" bash benchmarks/distill/dmd_segments.sh
+ROOT=$ROOT CLIPS=${CLIPS:-512} HELDOUT=32 SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 RUNS="$runs" bash benchmarks/distill/dmd_segments.sh
 for name in $NAMES; do
     $world export --student "$ROOT/dmd_$name/student" --out "$ROOT/export_$name" > /dev/null
     tar -C "$ROOT/export_$name" -cf "$OUT/student_$name.tar" student

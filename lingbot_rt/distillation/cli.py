@@ -73,8 +73,9 @@ def cmd_dmd(args) -> int:
     from .job import DMDJob, train_from_env
     config = replace(_load_config(DMDConfig, args.config), **_given(
         args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "data_loss_weight", "strategy",
-        "activation_checkpointing", "rollout_frames"))
-    load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips)
+        "activation_checkpointing", "rollout_frames", "window_anchor", "score_frames"))
+    load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips,
+                        keep_starts=config.window_anchor == "truth")
     job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic,
                  load_vae=partial(load_trained_vae, args.vae))
     if args.workers == 0:                    # this process, or this rank of a torchrun
@@ -116,7 +117,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .config import STRATEGIES
+    from .config import STRATEGIES, WINDOW_ANCHORS
     sub = parser.add_subparsers(dest="distill_command", required=True)
     p = sub.add_parser("ode-pairs", help="record the teacher's ODE trajectories at the student's sigmas")
     _add_data_arguments(p)
@@ -150,6 +151,11 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--rollout-frames", type=int,
                    help="long-horizon DMD: roll the student out to up to this many latent frames (past its KV "
                         "window) and score the last clip-length window (default 0: as long as the clips)")
+    p.add_argument("--window-anchor", choices=WINDOW_ANCHORS,
+                   help="long-horizon windows are scored given their own decoded first frame (rollout, default) or "
+                        "the true frame there (truth: clips at least --rollout-frames long)")
+    p.add_argument("--score-frames", type=int,
+                   help="latent frames of the windows the scores see (default 0: the clips' length)")
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.add_argument("--strategy", choices=STRATEGIES, help="ddp: whole replicas; fsdp: FSDP2 shards (14B class)")

@@ -21,6 +21,9 @@ from ..model.config import CacheConfig
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, FewStepSchedule, ode_grid
 
 STRATEGIES = ("ddp", "fsdp")     # whole replicas + averaged gradients, or FSDP2 shards
+# long-horizon windows are scored given: the rollout's own first frame of the window (decoded),
+# or the true frame there (clips at least rollout_frames long, loaded with their start images)
+WINDOW_ANCHORS = ("rollout", "truth")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ class DMDConfig:
     rollout_frames: int = 0         # long-horizon DMD (`long_horizon.py`): roll the student out to up to this many
                                     # latent frames, past its KV window, and score the last clip-length window;
                                     # 0: rollouts as long as the clips (Self-Forcing)
+    window_anchor: str = "rollout"  # one of WINDOW_ANCHORS: the image the scores condition a long-horizon window on
+    score_frames: int = 0           # latent frames of the windows the scores see (the teacher's clip length);
+                                    # 0: the data clips' (longer clips: their prefix for the plain steps)
     steps: int = 2000               # critic steps (generator steps = steps / update_ratio)
     minutes: float | None = None
     log_every: int = 25
@@ -125,8 +131,11 @@ class DMDConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.rollout_frames < 0:
-            raise ValueError(f"rollout_frames must be >= 0 (0: as long as the clips), got {self.rollout_frames}")
+        if self.rollout_frames < 0 or self.score_frames < 0:
+            raise ValueError(f"rollout_frames and score_frames must be >= 0 (0: as long as the clips), got "
+                             f"{self.rollout_frames}, {self.score_frames}")
+        if self.window_anchor not in WINDOW_ANCHORS:
+            raise ValueError(f"window_anchor must be one of {WINDOW_ANCHORS}, got {self.window_anchor!r}")
         if self.data_loss_weight < 0:
             raise ValueError(f"data_loss_weight must be >= 0, got {self.data_loss_weight}")
         if not 0 <= self.ema_decay < 1:

@@ -18,11 +18,21 @@ Per step, with `DMDConfig.rollout_frames` R longer than the clips' F latent fram
   3. the student streams L frames: the first L - F as inference does (no gradient), the last F,
      the window, as in Self-Forcing (a random exit step, gradient there);
   4. the teacher and the critic score the window as a clip of its own (`window_conditions`):
-     its first latent decoded to an image and encoded with black frames as the I2V condition,
-     as the data's clips are; its controls with the first replaced by a clip start's (no
-     motion). The window's first latent, which that condition hands the scores, takes no DMD
-     gradient (`dmd_loss(first_frame=1)`).
+     an image encoded with black frames as the I2V condition, as the data's clips are; its
+     controls with the first replaced by a clip start's (no motion). The window's first
+     latent, which that condition hands the scores, takes no DMD gradient
+     (`dmd_loss(first_frame=1)`).
 With L = F a step is the plain Self-Forcing step on the clip with its own condition.
+
+The image (`DMDConfig.window_anchor`): "rollout", the window's first latent decoded (the
+scores take the student's scenery as given, as Self-Forcing++ does); or "truth", the true frame
+of the world at the window's start. A student past its window keeps the map's style only in
+part (through the prompt and the attention sink) and drifts toward other maps' styles; a
+window conditioned on its own drifted frame cannot show that drift to the scores, one
+conditioned on the true frame can. "truth" needs clips at least `rollout_frames` long, loaded
+with their start images (`ConditionedClips.starts`), and streams along them instead of
+chaining other clips' motions; the scores' window length is then `score_frames` (the plain
+steps and the data loss read the clips' first `score_frames` frames).
 """
 from __future__ import annotations
 
@@ -62,13 +72,18 @@ def long_image_condition(y: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def window_conditions(vae: WanVAE, window: torch.Tensor, control: torch.Tensor, data: ConditionedClips,
+def decoded_first_frame(vae: WanVAE, window: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1]: the window's [B, 16, F, h, w] first latent, decoded on its own."""
+    return vae.decode(window[:, :, :1].detach().float().to(vae.dtype))[:, :, 0].clamp(-1, 1)
+
+
+@torch.no_grad()
+def window_conditions(vae: WanVAE, image: torch.Tensor, control: torch.Tensor, data: ConditionedClips,
                       index: torch.Tensor) -> Conditions:
-    """The scores' conditions for a window [B, 16, F, h, w] of the student's rollout, whose
-    controls are `control` [B, C, F, h, w]: the window's first latent decoded and encoded as the
-    I2V image, a clip start's control for its first frame, the clips' prompts."""
-    num_frames = window.shape[2]
-    image = vae.decode(window[:, :, :1].detach().float().to(vae.dtype))[:, :, 0].clamp(-1, 1)
-    y = image_condition(vae, image, VIDEO_FRAMES_PER_LATENT * (num_frames - 1) + 1)
+    """The scores' conditions for a window of F latent frames whose controls are `control`
+    [B, C, F, h, w], anchored on `image` [B, 3, H, W] in [-1, 1] (the window's decoded first
+    frame, or the true frame there): `image` encoded with black frames as the I2V condition, a
+    clip start's control for the first frame, the clips' prompts."""
+    y = image_condition(vae, image.to(vae.dtype), VIDEO_FRAMES_PER_LATENT * (control.shape[2] - 1) + 1)
     control = torch.cat([data.control[index][:, :, :1], control[:, :, 1:].to(data.control.dtype)], 2)
     return Conditions(data.context[index], y.to(data.y.dtype), control, data.empty_context)

@@ -59,6 +59,7 @@ from .config import DMDConfig
 from .distributed import Ranks, average_gradients
 from .dmd import Conditions, critic_loss, dmd_loss, sample_sigma
 from .long_horizon import (
+    decoded_first_frame,
     long_controls,
     long_image_condition,
     rollout_lengths,
@@ -93,14 +94,19 @@ class DMDTrainer:
         # bf16 compute on GPUs (where the student streams in bf16), fp32 on the CPU (exact tests)
         self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.schedule, self.cache_cfg = config.student.schedule(), config.student.cache()
-        clip_frames = data.y.shape[2]
-        self.lengths = [clip_frames]
+        # the clips the plain steps and the data loss read: the data's, or their first score_frames frames
+        self.clips = data.prefix(config.score_frames or data.num_frames)
+        self.lengths = [self.clips.num_frames]
         self.vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
         if config.rollout_frames:
-            self.lengths = rollout_lengths(clip_frames, config.rollout_frames, self.cache_cfg.block_frames)
+            self.lengths = rollout_lengths(self.clips.num_frames, config.rollout_frames, self.cache_cfg.block_frames)
             if self.vae is None:
-                raise ValueError("long-horizon DMD (rollout_frames) scores windows conditioned on decoded frames: "
+                raise ValueError("long-horizon DMD (rollout_frames) encodes the windows' I2V conditions: "
                                  "it needs the data's VAE")
+            if config.window_anchor == "truth" and (data.num_frames < self.lengths[-1] or data.starts is None):
+                raise ValueError(f"window_anchor 'truth' streams along the data's clips and conditions on their true "
+                                 f"frames: it needs clips of at least {self.lengths[-1]} latent frames (these have "
+                                 f"{data.num_frames}) loaded with their start images (keep_starts)")
         if config.activation_checkpointing:
             check_recompute_safe(self.cache_cfg, self.lengths[-1])
         torch.manual_seed(config.seed)
@@ -226,18 +232,22 @@ class DMDTrainer:
         """The student's rollout of `length` latent frames for clips `index`; returns the window the
         scores see (its last clip-length frames), their conditions and the window's first frame
         that the DMD loss covers (`long_horizon.py`)."""
-        data = self.data
-        clip_frames = data.y.shape[2]
-        control, y = data.control[index], data.y[index]
-        if length > clip_frames:
-            control, y = long_controls(data, index, length, generator), long_image_condition(y, length)
-        x = student_rollout(self.student, data.context[index], y, control, self.schedule, self.cache_cfg, generator,
+        clips, truth = self.clips, self.config.window_anchor == "truth"
+        clip_frames = clips.num_frames
+        control, y = clips.control[index], clips.y[index]
+        if length > clip_frames and truth:
+            control, y = self.data.control[index][:, :, :length], self.data.y[index][:, :, :length]
+        elif length > clip_frames:
+            control, y = long_controls(clips, index, length, generator), long_image_condition(y, length)
+        x = student_rollout(self.student, clips.context[index], y, control, self.schedule, self.cache_cfg, generator,
                             exit_step=exit_step, cache_dtype=self.compute_dtype, grad_from=length - clip_frames)
         if length == clip_frames:
-            return x, Conditions.of_clips(data, index), 0
-        window = x[:, :, length - clip_frames:]
+            return x, Conditions.of_clips(clips, index), 0
+        start = length - clip_frames
+        window = x[:, :, start:]
         with torch.autocast(self.device.type, enabled=False):
-            cond = window_conditions(self.vae, window, control[:, :, length - clip_frames:], data, index)
+            image = self.data.start_images(index, start) if truth else decoded_first_frame(self.vae, window)
+            cond = window_conditions(self.vae, image, control[:, :, start:], clips, index)
         return window, cond, 1
 
     def train_step(self) -> dict:
@@ -273,7 +283,8 @@ class DMDTrainer:
 
             def data_term() -> torch.Tensor:
                 with autocast:
-                    loss = teacher_forcing_loss(self.student, data, index, config.student.block_frames, shift, local)
+                    loss = teacher_forcing_loss(self.student, self.clips, index, config.student.block_frames, shift,
+                                                local)
                 stats["data_loss"] = loss.detach()
                 return config.data_loss_weight * loss
 

@@ -30,9 +30,32 @@ class ConditionedClips:
     control: torch.Tensor     # [N, 384, F_lat, h, w] bf16
     context: torch.Tensor     # [N, text_len, text_dim] bf16
     empty_context: torch.Tensor   # [text_len, text_dim]: the dropped prompt ("")
+    # [N, F_lat, H, W, 3] uint8, kept on request: the video frame each latent frame would start
+    # a clip from (frame 0, then 4t): a long clip's true image at any latent frame
+    starts: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x0.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return self.y.shape[2]
+
+    def prefix(self, frames: int) -> ConditionedClips:
+        """The clips' first `frames` latent frames (views): what a clip that short would hold,
+        the I2V condition and the controls being causal."""
+        if not 1 <= frames <= self.num_frames:
+            raise ValueError(f"a prefix of {frames} latent frames of clips of {self.num_frames}")
+        cut = (slice(None), slice(None), slice(0, frames))
+        starts = None if self.starts is None else self.starts[:, :frames]
+        return ConditionedClips(self.x0[cut], self.y[cut], self.control[cut], self.context, self.empty_context,
+                                starts)
+
+    def start_images(self, index: torch.Tensor, frame: int) -> torch.Tensor:
+        """[B, 3, H, W] float in [-1, 1]: clips `index`' true image at latent frame `frame`."""
+        if self.starts is None:
+            raise ValueError("these clips were loaded without their frames (condition_clips(keep_starts=True))")
+        return self.starts[index, frame].permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def pad_features(features: torch.Tensor, text_len: int) -> torch.Tensor:
@@ -66,7 +89,9 @@ def image_condition(vae: WanVAE, images: torch.Tensor, num_video_frames: int) ->
 
 @torch.no_grad()
 def condition_clips(clips: ClipTensors, vae: WanVAE, text_encoder: TextEncoder, text_len: int,
-                    device: torch.device | str, batch_size: int = 8, control_type: str = "cam") -> ConditionedClips:
+                    device: torch.device | str, batch_size: int = 8, control_type: str = "cam",
+                    keep_starts: bool = False) -> ConditionedClips:
+    """`keep_starts`: also keep each latent frame's start image (`ConditionedClips.starts`)."""
     device = torch.device(device)
     height, width = clips.frames.shape[2:4]
     x0, y, control = [], [], []
@@ -80,16 +105,18 @@ def condition_clips(clips: ClipTensors, vae: WanVAE, text_encoder: TextEncoder, 
                                              control_type).to(device))
     features = text_encoder.encode(clips.prompts + [""])
     padded = [pad_features(f, text_len).to(device, torch.bfloat16) for f in features]
-    return ConditionedClips(torch.cat(x0), torch.cat(y), torch.stack(control), torch.stack(padded[:-1]), padded[-1])
+    starts = clips.frames[:, ::VIDEO_FRAMES_PER_LATENT].to(device) if keep_starts else None
+    return ConditionedClips(torch.cat(x0), torch.cat(y), torch.stack(control), torch.stack(padded[:-1]), padded[-1],
+                            starts)
 
 
-def load_conditioned_clips(data_dir, vae_dir, device: torch.device | str, max_clips: int | None = None
-                           ) -> ConditionedClips:
+def load_conditioned_clips(data_dir, vae_dir, device: torch.device | str, max_clips: int | None = None,
+                           keep_starts: bool = False) -> ConditionedClips:
     """A dataset directory's clips, conditioned with a trained VAE (a train-vae directory) and
-    the world's text encoder, on `device`."""
+    the world's text encoder, on `device` (`keep_starts`: see `condition_clips`)."""
     from .clips import load_clip_tensors
     from .text import TEXT_LEN, world_text_encoder
     from .train_vae import load_trained_vae
     vae = load_trained_vae(vae_dir, device=device)
     clips = load_clip_tensors(data_dir, max_clips=max_clips, device=device)
-    return condition_clips(clips, vae, world_text_encoder(device), TEXT_LEN, device)
+    return condition_clips(clips, vae, world_text_encoder(device), TEXT_LEN, device, keep_starts=keep_starts)

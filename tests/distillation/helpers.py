@@ -29,16 +29,16 @@ def save_tiny(path: Path, seed: int) -> Path:
     return path
 
 
-def synthetic_clips(num: int = 4, seed: int = 0) -> ConditionedClips:
+def synthetic_clips(num: int = 4, seed: int = 0, frames: int = NUM_FRAMES) -> ConditionedClips:
     cfg = model_config("tiny")
     g = torch.Generator().manual_seed(seed)
-    shape = (num, 16, NUM_FRAMES, *LATENT_HW)
-    y = torch.zeros(num, 20, NUM_FRAMES, *LATENT_HW)
+    shape = (num, 16, frames, *LATENT_HW)
+    y = torch.zeros(num, 20, frames, *LATENT_HW)
     y[:, :4, 0] = 1.0
     y[:, 4:, 0] = torch.randn(num, 16, *LATENT_HW, generator=g)
     return ConditionedClips(
         x0=torch.randn(shape, generator=g).to(torch.bfloat16), y=y.to(torch.bfloat16),
-        control=torch.randn(num, cfg.control_channels, NUM_FRAMES, *LATENT_HW, generator=g).to(torch.bfloat16),
+        control=torch.randn(num, cfg.control_channels, frames, *LATENT_HW, generator=g).to(torch.bfloat16),
         context=torch.randn(num, cfg.text_len, cfg.text_dim, generator=g).to(torch.bfloat16),
         empty_context=torch.zeros(cfg.text_len, cfg.text_dim, dtype=torch.bfloat16))
 
@@ -47,4 +47,5 @@ def load_clips(device: torch.device) -> ConditionedClips:
     """A DMDJob's `load_data`: the synthetic clips on this rank's device (module level, so
     worker processes can unpickle it)."""
     clips = synthetic_clips(4)
-    return ConditionedClips(**{f.name: getattr(clips, f.name).to(device) for f in dataclasses.fields(clips)})
+    return dataclasses.replace(clips, **{f.name: getattr(clips, f.name).to(device) for f in dataclasses.fields(clips)
+                                          if getattr(clips, f.name) is not None})

@@ -2,6 +2,7 @@
 conditions, and the trainer's steps on them (tiny models, CPU)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -12,6 +13,7 @@ from lingbot_rt.distillation.config import DMDConfig
 from lingbot_rt.distillation.distributed import Ranks
 from lingbot_rt.distillation.job import DMDJob, run_job
 from lingbot_rt.distillation.long_horizon import (
+    decoded_first_frame,
     long_controls,
     long_image_condition,
     rollout_lengths,
@@ -100,9 +102,10 @@ def test_window_conditions_are_a_clip_starting_at_the_windows_decoded_first_fram
     index = torch.tensor([1, 3])
     window = torch.randn(2, 16, NUM_FRAMES, *LATENT_HW, generator=torch.Generator().manual_seed(0))
     control = torch.randn(data.control[index].shape).to(data.control.dtype)
-    cond = window_conditions(vae, window, control, data, index)
+    image = decoded_first_frame(vae, window)
+    cond = window_conditions(vae, image, control, data, index)
     with torch.no_grad():
-        image = vae.decode(window[:, :, :1])[:, :, 0].clamp(-1, 1)
+        torch.testing.assert_close(image, vae.decode(window[:, :, :1])[:, :, 0].clamp(-1, 1), rtol=0, atol=0)
         expected = image_condition(vae, image, 4 * (NUM_FRAMES - 1) + 1)
     assert cond.y.shape == data.y[index].shape and cond.y.dtype == data.y.dtype
     torch.testing.assert_close(cond.y, expected.to(data.y.dtype), rtol=0, atol=0)
@@ -139,7 +142,7 @@ def test_long_horizon_dmd_resumes_bit_identically_and_needs_the_vae(dirs, data, 
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
     with pytest.raises(ValueError, match="needs the data's VAE"):
         DMDTrainer(*dirs, data, tmp_path / "novae", DMD)
-    with pytest.raises(ValueError, match="rollout_frames must be >= 0"):
+    with pytest.raises(ValueError, match="rollout_frames and score_frames must be >= 0"):
         DMDConfig(rollout_frames=-3)
 
 
@@ -170,3 +173,47 @@ def test_a_job_loads_the_vae_only_for_long_horizon_rollouts(dirs, vae, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "long" / "log.jsonl").read_text().splitlines()]
     assert records[0]["rollout_frames"] in (6, 9, 12)
     assert "rollout_frames" not in (tmp_path / "plain" / "log.jsonl").read_text()
+
+
+def _with_starts(clips, seed: int = 0):
+    """The clips with random start images (32x32: the tiny VAE's pixels for a 4x4 latent)."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, 256, (len(clips), clips.num_frames, 32, 32, 3), generator=g, dtype=torch.uint8)
+    return dataclasses.replace(clips, starts=starts)
+
+
+def test_truth_anchored_windows_stream_along_long_clips_and_condition_on_their_frames(dirs, vae, tmp_path):
+    long_clips = _with_starts(synthetic_clips(4, frames=LONG))
+    config = replace(DMD, window_anchor="truth", score_frames=NUM_FRAMES)
+    trainer = DMDTrainer(*dirs, long_clips, tmp_path / "dmd", config, vae=vae)
+    assert trainer.lengths == [6, 9, 12] and trainer.clips.num_frames == NUM_FRAMES
+    index, length = torch.tensor([3, 1]), 9
+    with torch.no_grad():
+        window, cond, first = trainer._rollout(index, length, exit_step=1, generator=torch.Generator().manual_seed(0))
+        start = length - NUM_FRAMES
+        expected = image_condition(vae, long_clips.start_images(index, start), 4 * (NUM_FRAMES - 1) + 1)
+    assert window.shape[2] == NUM_FRAMES and first == 1
+    torch.testing.assert_close(cond.y, expected.to(cond.y.dtype), rtol=0, atol=0)
+    torch.testing.assert_close(cond.control[:, :, 1:], long_clips.control[index][:, :, start + 1:length],
+                               rtol=0, atol=0)
+    records = [trainer.train_step() for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(r["critic_loss"])) for r in records)
+    with pytest.raises(ValueError, match="clips of at least 12 latent frames"):
+        DMDTrainer(*dirs, synthetic_clips(4), tmp_path / "short", config, vae=vae)
+    with pytest.raises(ValueError, match="loaded with their start images"):
+        DMDTrainer(*dirs, synthetic_clips(4, frames=LONG), tmp_path / "nostarts", config, vae=vae)
+    with pytest.raises(ValueError, match="window_anchor must be one of"):
+        DMDConfig(window_anchor="teacher")
+
+
+def test_a_prefix_of_clips_is_what_a_clip_that_short_holds(data):
+    long_clips = _with_starts(synthetic_clips(4, frames=LONG))
+    short = long_clips.prefix(NUM_FRAMES)
+    assert short.num_frames == NUM_FRAMES and short.starts.shape[1] == NUM_FRAMES
+    torch.testing.assert_close(short.control, long_clips.control[:, :, :NUM_FRAMES], rtol=0, atol=0)
+    images = long_clips.start_images(torch.tensor([0]), 2)
+    assert images.shape == (1, 3, 32, 32) and -1 <= images.min() and images.max() <= 1
+    with pytest.raises(ValueError, match="a prefix of 13 latent frames of clips of 12"):
+        long_clips.prefix(13)
+    with pytest.raises(ValueError, match="loaded without their frames"):
+        data.start_images(torch.tensor([0]), 0)
