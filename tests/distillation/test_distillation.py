@@ -9,7 +9,7 @@ import torch
 from lingbot_rt.config_io import config_from_dict
 from lingbot_rt.distillation.causal_init import ode_regression_loss, teacher_forcing_loss, train_causal_init
 from lingbot_rt.distillation.config import CausalInitConfig, DMDConfig, ODEPairsConfig, StudentSchedule
-from lingbot_rt.distillation.dmd import Conditions, critic_loss, dmd_loss
+from lingbot_rt.distillation.dmd import Conditions, dmd_loss
 from lingbot_rt.distillation.ode_pairs import (
     META,
     PairsError,
