@@ -60,7 +60,7 @@ def long_controls(data: ConditionedClips, index: torch.Tensor, frames: int,
     parts, have = [control], control.shape[2]
     while have < frames:
         others = torch.randint(len(data), (len(index),), generator=generator, device=index.device)
-        parts.append(data.control[others][:, :, 1:])
+        parts.append(data.control[others, :, 1:])
         have += parts[-1].shape[2]
     return torch.cat(parts, 2)[:, :, :frames]
 
@@ -85,5 +85,5 @@ def window_conditions(vae: WanVAE, image: torch.Tensor, control: torch.Tensor, d
     frame, or the true frame there): `image` encoded with black frames as the I2V condition, a
     clip start's control for the first frame, the clips' prompts."""
     y = image_condition(vae, image.to(vae.dtype), VIDEO_FRAMES_PER_LATENT * (control.shape[2] - 1) + 1)
-    control = torch.cat([data.control[index][:, :, :1], control[:, :, 1:].to(data.control.dtype)], 2)
+    control = torch.cat([data.control[index, :, :1], control[:, :, 1:].to(data.control.dtype)], 2)
     return Conditions(data.context[index], y.to(data.y.dtype), control, data.empty_context)

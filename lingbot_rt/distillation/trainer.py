@@ -236,7 +236,7 @@ class DMDTrainer:
         clip_frames = clips.num_frames
         control, y = clips.control[index], clips.y[index]
         if length > clip_frames and truth:
-            control, y = self.data.control[index][:, :, :length], self.data.y[index][:, :, :length]
+            control, y = self.data.control[index, :, :length], self.data.y[index, :, :length]
         elif length > clip_frames:
             control, y = long_controls(clips, index, length, generator), long_image_condition(y, length)
         x = student_rollout(self.student, clips.context[index], y, control, self.schedule, self.cache_cfg, generator,
@@ -265,10 +265,9 @@ class DMDTrainer:
         length = self.lengths[0]
         if len(self.lengths) > 1:            # long-horizon: a rollout length, the same on every rank
             length = self.lengths[int(torch.randint(len(self.lengths), (1,), generator=shared, device=device))]
+            record["rollout_frames"] = length
         with autocast, torch.set_grad_enabled(generator_step):
             x, cond, first_frame = self._rollout(index, length, exit_step, local)
-        if len(self.lengths) > 1:
-            record["rollout_frames"] = length
         if generator_step:
             sigma = sample_sigma(len(index), shift, low, high, local, device)
             noise = torch.randn(x.shape, generator=local, device=device)

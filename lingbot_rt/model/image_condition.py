@@ -92,6 +92,15 @@ def load_image(image, height: int, width: int) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+def with_mask(y_lat: torch.Tensor, starts_clip: bool) -> torch.Tensor:
+    """y_lat [..., 16, F, h, w] -> [..., 4 + 16, F, h, w] float32: the I2V mask channels (1 on
+    latent frame 0 when `starts_clip`: the frames of the given image) before the latents."""
+    mask = torch.zeros(*y_lat.shape[:-4], MASK_CHANNELS, *y_lat.shape[-3:], device=y_lat.device)
+    if starts_clip:
+        mask[..., 0, :, :] = 1.0
+    return torch.cat([mask, y_lat], -4)
+
+
 class ImageCondition:
     """One session's I2V condition: `block(first, num)` -> [20, num, h, w] (mask, y_lat) for
     latent frames first .. first + num - 1, encoded on demand. Blocks move forward: latents
@@ -135,7 +144,4 @@ class ImageCondition:
         y_lat = torch.stack([self._latent(i) for i in range(first, first + num)], 1)
         for index in [i for i in self._latents if i < first]:      # blocks only move forward
             del self._latents[index]
-        mask = torch.zeros(MASK_CHANNELS, num, *self.latent_hw, device=y_lat.device)
-        if first == 0:
-            mask[:, 0] = 1.0
-        return torch.cat([mask, y_lat], 0)
+        return with_mask(y_lat, starts_clip=first == 0)

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..model.controls import VIDEO_FRAMES_PER_LATENT, control_embedding
-from ..model.image_condition import MASK_CHANNELS
+from ..model.image_condition import with_mask
 from ..model.text_encoder import TextEncoder
 from ..model.vae import WanVAE
 from .clips import ClipTensors
@@ -81,10 +81,7 @@ def image_condition(vae: WanVAE, images: torch.Tensor, num_video_frames: int) ->
     encoder = vae.stream_encoder()
     latents = [encoder.encode(images[:, :, None])]
     latents += [encoder.encode_black() for _ in range((num_video_frames - 1) // VIDEO_FRAMES_PER_LATENT)]
-    y_lat = torch.cat(latents, 2)
-    mask = torch.zeros(y_lat.shape[0], MASK_CHANNELS, *y_lat.shape[2:], device=y_lat.device)
-    mask[:, :, 0] = 1.0
-    return torch.cat([mask, y_lat], 1)
+    return with_mask(torch.cat(latents, 2), starts_clip=True)
 
 
 @torch.no_grad()
