@@ -93,6 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "Wan2.1 VAE), later blocks do not")
     ap.add_argument("--sink", type=int, default=3)
     ap.add_argument("--window", type=int, default=15)
+    ap.add_argument("--full-frames", type=int, default=None,
+                    help="compressed memory: window frames kept at full resolution (default: all)")
+    ap.add_argument("--memory-pool", type=pool_size, default=(1, 1),
+                    help="compressed memory: RxC patches of tokens averaged for the sink and older frames (e.g. 3x4)")
     ap.add_argument("--commit", default="clean", choices=["clean", "last_step"])
     ap.add_argument("--compile", default="none", choices=COMPILE_MODES, help="torch.compile every DiT block")
     ap.add_argument("--decoder", default="vae",
@@ -121,6 +125,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.long and args.long < LONG_REFERENCE_BLOCK + 2 * LONG_SPAN:
         ap.error(f"--long must be >= {LONG_REFERENCE_BLOCK + 2 * LONG_SPAN}, got {args.long}")
     return args
+
+
+def pool_size(text: str) -> tuple[int, int]:
+    rows, _, cols = text.partition("x")
+    if not (rows.isdigit() and cols.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected RxC (e.g. 3x4), got {text!r}")
+    return int(rows), int(cols)
+
+
+def cache_config(args) -> CacheConfig:
+    return CacheConfig(sink_frames=args.sink, window_frames=args.window, full_frames=args.full_frames,
+                       memory_pool=args.memory_pool)
 
 
 def build_models(args, dtype: torch.dtype, device: torch.device) -> tuple[CausalWanModel, WanVAE]:
@@ -154,7 +170,7 @@ def probe_block(dit: CausalWanModel, frames_decoder: WanVAE | TinyDecoder, args,
     The errors are taken on a cache of the sink and one block (a pass's error does not need
     the whole window; the full-size cache and the FP8 weight copies do not fit beside each
     other next to a 14B model's bf16 weights)."""
-    cache_cfg = CacheConfig(sink_frames=args.sink, window_frames=args.window)
+    cache_cfg = cache_config(args)
     dev = dit.device
 
     def one_pass(steady, t, commit=False):
@@ -194,7 +210,7 @@ def probe_block(dit: CausalWanModel, frames_decoder: WanVAE | TinyDecoder, args,
 def profile_block(dit: CausalWanModel, frames_decoder: WanVAE | TinyDecoder, args, latent_hw, timestep: float) -> dict:
     """Kernel profiles of one denoising pass of a steady block (the model as timed: compiled,
     fused, FP8 as requested) and of one block's decode."""
-    steady = steady_block(dit, CacheConfig(sink_frames=args.sink, window_frames=args.window), latent_hw)
+    steady = steady_block(dit, cache_config(args), latent_hw)
     t = torch.full((1,), timestep, device=dit.device)
     one_pass = lambda: dit.forward_block(steady.x, t, steady.cache, steady.slot_ids, y=steady.y,
                                          control=steady.control)
@@ -380,7 +396,7 @@ def main(argv=None):
         if args.compile_vae:
             vae.compile_streaming()
         config = StreamConfig(height=height, width=width, commit=args.commit, sink_frames=args.sink,
-                              window_frames=args.window)
+                              window_frames=args.window, full_frames=args.full_frames, memory_pool=args.memory_pool)
         pipeline = StreamingInference(dit, vae, one_layer_text_encoder(dit.cfg.text_dim, dit.cfg.text_len, dev),
                                       config, decoder=decoder)
         timer = RegionTimer(dev)
@@ -406,7 +422,9 @@ def main(argv=None):
         "vae": "world (shipped)" if args.model == "world" else args.vae or VAE_OF_MODEL.get(args.model, "wan2.1"),
         "resolution": [height, width], "dtype": args.dtype, "params": params, "tokens_per_block": tokens,
         "settings": {"steps": len(schedule.timesteps), "timesteps": [round(t, 1) for t in schedule.timesteps],
-                     "sink": args.sink, "window": args.window, "commit": args.commit, "compile": args.compile,
+                     "sink": args.sink, "window": args.window, "full_frames": args.full_frames,
+                     "memory_pool": list(args.memory_pool), "keys_per_query": pipeline.cache.slot_offsets[-1],
+                     "commit": args.commit, "compile": args.compile,
                      "compile_vae": args.compile_vae, "decoder": args.decoder,
                      "attention": args.attention, "fused_qkv": args.fused_qkv, "fp8": args.fp8,
                      "fp8_attention": args.fp8_attention,

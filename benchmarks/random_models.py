@@ -59,6 +59,7 @@ def steady_block(model: CausalWanModel, cache_cfg: CacheConfig, latent_hw: tuple
     cache.k.normal_(generator=g)
     cache.v.normal_(generator=g)
     cache.advance(slots, cache_cfg.cache_frames)
+    cache.place(cache.view(slots, cache_cfg.block_frames))   # a compressed memory's frames pooled, as a stream has
     shape = (cache_cfg.block_frames, *latent_hw)
     control = rand(batch, cfg.control_channels, *shape) if cfg.control_type else None
     return SteadyBlock(cache, slots, rand(batch, 16, *shape), rand(batch, cfg.in_dim - 16, *shape), control)

@@ -2,7 +2,8 @@
 U0 model.py), written from the maths and independent of `lingbot_rt.model.dit`.
 
 Attention is described by a *plan*: a list of groups (query frames, query positions, key
-frames, key positions). One group over all frames at absolute positions is upstream's
+frames, key positions[, pooled key frames: their roped K and V averaged over `memory_pool`
+patches of the token grid before attention]). One group over all frames at absolute positions is upstream's
 bidirectional forward; one group per block with earlier frames is block-causal; a rolling
 sink + window is expressed by which key frames each block sees and where they sit.
 """
@@ -58,7 +59,16 @@ def attend(q, k, v):
     return torch.einsum("nqk,knd->qnd", scores.softmax(-1), v)
 
 
-def reference_forward(model, x, t, context, y, control, plan, max_positions: int = 1024):
+def pool_frames(t, grid_hw, memory_pool):
+    """[frames * H * W, n, d] -> [frames * H/ph * W/pw, n, d]: each frame's patch means."""
+    (h, w), n, d = grid_hw, t.shape[1], t.shape[2]
+    grid = t.reshape(-1, h, w, n * d).permute(0, 3, 1, 2)
+    pooled = F.avg_pool2d(grid, memory_pool)
+    return pooled.permute(0, 2, 3, 1).reshape(-1, n, d)
+
+
+def reference_forward(model, x, t, context, y, control, plan, max_positions: int = 1024,
+                      memory_pool: tuple[int, int] = (1, 1)):
     """One sample. x [16, F, H, W], t [F] per latent frame, context [n, text_dim],
     y [20, F, H, W], control [C, F, H, W] or None. Returns [16, F, H, W] float64."""
     cfg = model.cfg
@@ -97,9 +107,17 @@ def reference_forward(model, x, t, context, y, control, plan, max_positions: int
         k = rms(sd, b + "self_attn.norm_k", lin(sd, b + "self_attn.k", a), eps).view(-1, n_heads, d)
         v = lin(sd, b + "self_attn.v", a).view(-1, n_heads, d)
         out = torch.zeros_like(q)
-        for q_frames, q_pos, k_frames, k_pos in plan:
-            qi, ki = frames_tokens(q_frames), frames_tokens(k_frames)
-            out[qi] = attend(rope(q[qi], q_pos, (h, w), table), rope(k[ki], k_pos, (h, w), table), v[ki])
+        for q_frames, q_pos, k_frames, k_pos, *pooled in plan:
+            qi = frames_tokens(q_frames)
+            keys, values = [], []
+            for frame, pos in zip(k_frames, k_pos):
+                ki = frames_tokens([frame])
+                kf, vf = rope(k[ki], [pos], (h, w), table), v[ki]
+                if pooled and frame in pooled[0]:
+                    kf, vf = pool_frames(kf, (h, w), memory_pool), pool_frames(vf, (h, w), memory_pool)
+                keys.append(kf)
+                values.append(vf)
+            out[qi] = attend(rope(q[qi], q_pos, (h, w), table), torch.cat(keys), torch.cat(values))
         xs = xs + lin(sd, b + "self_attn.o", out.flatten(1)) * m[2]
         if cam is not None:
             hc = lin(sd, b + "cam_injector_layer2", F.silu(lin(sd, b + "cam_injector_layer1", cam))) + cam
@@ -132,10 +150,12 @@ def block_causal_plan(num_frames, block):
     return plan
 
 
-def sink_window_plan(num_frames, block, sink, window):
+def sink_window_plan(num_frames, block, sink, window, full_frames=None):
     """What a rolling cache shows each block: the first `sink` frames, the last `window`
-    frames before the block, the block; positions relative (sink, then window, then block)."""
+    frames before the block, the block; positions relative (sink, then window, then block).
+    With `full_frames`, the key frames older than the latest `full_frames` are pooled."""
     plan = []
+    full = window if full_frames is None else full_frames
     for start in range(0, num_frames, block):
         q = list(range(start, min(start + block, num_frames)))
         sink_frames = list(range(min(start, sink)))
@@ -143,5 +163,5 @@ def sink_window_plan(num_frames, block, sink, window):
         keys = sink_frames + window_frames
         k_pos = list(range(len(keys)))
         q_pos = [len(keys) + j for j in range(len(q))]
-        plan.append((q, q_pos, keys + q, k_pos + q_pos))
+        plan.append((q, q_pos, keys + q, k_pos + q_pos, {f for f in keys if f < start - full}))
     return plan

@@ -119,7 +119,26 @@ def test_sink_and_window_equal_explicit_reference(sink, window):
     ref = reference_forward(model, x[0], torch.zeros(num_frames), context[0], y[0], control[0],
                             sink_window_plan(num_frames, 3, sink, window))
     torch.testing.assert_close(streamed[0].double(), ref, atol=ATOL, rtol=1e-4)
-    assert cache.k.shape[2] == sink + window + 3      # the cache never grew: sink, window, the block's slots
+    assert cache.k.shape[2] == (sink + window + 3) * 2  # the cache never grew: sink, window, the block's slots (2 tokens each)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("sink,window,block,full,pool", [(3, 6, 3, 3, (2, 2)), (2, 5, 2, 1, (1, 2)),
+                                                         (0, 6, 3, 0, (2, 1)), (2, 6, 3, 3, (1, 1))])
+def test_compressed_memory_equals_explicit_reference(sink, window, block, full, pool):
+    """The sink and the window frames older than the latest `full` are attended through their
+    K/V averaged over `pool` patches (the reference pools the roped keys with avg_pool2d):
+    frames move into the pooled slots as they age, past several turns of both rings."""
+    model = make_model()
+    num_frames = 20
+    x, y, control, context = make_inputs(model, frames=num_frames, height=4, width=4)
+    cfg = CacheConfig(block_frames=block, sink_frames=sink, window_frames=window, full_frames=full, memory_pool=pool)
+    streamed, cache = stream_clean(model, x, y, control, context, cfg)
+    ref = reference_forward(model, x[0], torch.zeros(num_frames), context[0], y[0], control[0],
+                            sink_window_plan(num_frames, block, sink, window, full), memory_pool=pool)
+    torch.testing.assert_close(streamed[0].double(), ref, atol=ATOL, rtol=1e-4)
+    pooled = 4 // (pool[0] * pool[1])                 # tokens of a pooled frame (2x2 grid)
+    assert cache.k.shape[2] == (sink + window - full) * pooled + (full + block) * 4
 
 
 @torch.no_grad()
@@ -143,10 +162,11 @@ def test_rollout_past_1024_latent_frames():
 
 
 @torch.no_grad()
-def test_sessions_at_different_positions_batch_like_alone():
+@pytest.mark.parametrize("compressed", [{}, {"full_frames": 0, "memory_pool": (2, 2)}])
+def test_sessions_at_different_positions_batch_like_alone(compressed):
     model = make_model()
     x, y, control, context = make_inputs(model, batch=3, frames=12)
-    cfg = CacheConfig(block_frames=3, sink_frames=3, window_frames=3)
+    cfg = CacheConfig(block_frames=3, sink_frames=3, window_frames=3, **compressed)
     batched = model.new_cache(cfg, capacity=5, latent_hw=(4, 4))
     slots = [4, 0, 2]
     model.start_sessions(batched, slots, context)

@@ -37,6 +37,8 @@ class StudentSchedule:
     block_frames: int = 3
     sink_frames: int = 3
     window_frames: int = 15
+    full_frames: int | None = None                  # compressed memory (`CacheConfig`); None: all at full resolution
+    memory_pool: tuple[int, int] = (1, 1)
 
     def __post_init__(self):
         if any(i * self.teacher_steps % NUM_TRAIN_TIMESTEPS for i in self.indices):
@@ -59,7 +61,8 @@ class StudentSchedule:
 
     def cache(self) -> CacheConfig:
         return CacheConfig(block_frames=self.block_frames, sink_frames=self.sink_frames,
-                           window_frames=self.window_frames)
+                           window_frames=self.window_frames, full_frames=self.full_frames,
+                           memory_pool=self.memory_pool)
 
 
 @dataclass(frozen=True)

@@ -209,8 +209,8 @@ def outside_saved_bytes(cfg: ModelConfig, grid: tuple[int, int, int], *, batch: 
     if cfg.control_type is not None:
         out["control embedding"] = n * (cfg.control_channels * cfg.patch_volume + 4 * d) * w
     if text_in_cache:
-        # streaming: the cache slots the block's K/V are placed at ([B, 1] rows, [B, frames] slots)
-        out["cache slot indices"] = batch * (1 + f) * 8
+        # streaming: where the block's K/V are placed in the cache ([B, 1] rows, [B, tokens] positions)
+        out["cache slot indices"] = batch * (1 + f * h * wd) * 8
     else:
         out["text embedding"] = text * (cfg.text_dim + 3 * d) * w
         # per block: cross-attention K, V (saved by attention) and norm_k's xf, rsqrt, output
@@ -239,7 +239,7 @@ def saved_bytes(fn, *args, exclude: tuple[torch.Tensor, ...] = (), **kwargs) -> 
 def rollout_calls(pc: PlanConfig) -> list[tuple[int, int, bool]]:
     """(block tokens, cached keys, masked) of each gradient-carrying `forward_block` of one
     rollout. The batch's rollouts advance together, so attention reads the filled prefix of
-    the cache unmasked (`CacheView.read_frames`): each call saves the K, V of the committed
+    the cache unmasked (`CacheView.read_tokens`): each call saves the K, V of the committed
     frames it attends (up to sink + window) once per layer."""
     _, h, w = pc.grid()
     cache_frames = pc.sink_frames + pc.window_frames

@@ -41,11 +41,13 @@ def check_recompute_safe(cache_cfg: CacheConfig, num_frames: int) -> None:
     wrong gradients."""
     last_block = (num_frames - 1) % cache_cfg.block_frames + 1
     committed = num_frames - last_block
-    if committed > cache_cfg.cache_frames:
+    if committed > cache_cfg.committed_without_rewrite:
         raise ValueError(f"activation checkpointing needs the rollout's committed frames ({committed} of "
-                         f"{num_frames}) to fit the KV cache ({cache_cfg.sink_frames} sink + "
-                         f"{cache_cfg.window_frames} window frames): a recomputed block would read slots "
-                         "overwritten after its forward. Shorten the clips or widen the window.")
+                         f"{num_frames}) to fit the KV cache without rewriting a slot (at most "
+                         f"{cache_cfg.committed_without_rewrite}: {cache_cfg.sink_frames} sink + "
+                         f"{cache_cfg.window_frames} window frames, {cache_cfg.recent_frames} of them at full "
+                         "resolution): a recomputed block would read slots overwritten after its forward. "
+                         "Shorten the clips or widen the window.")
 
 
 def student_rollout(student: CausalWanModel, context: torch.Tensor, y: torch.Tensor, control: torch.Tensor,

@@ -145,22 +145,55 @@ class CacheConfig:
     clips upstream trained on, so positions never leave the trained range.
     `rolling=False` is a global cache: it holds `sink_frames + window_frames` frames and
     refuses to go past them instead of evicting.
+
+    Compressed memory: only the latest `full_frames` of the window (None: all of it) are kept
+    at full resolution; the sink and the older window frames are kept with their keys and
+    values averaged over `memory_pool` (rows, columns) patches of tokens, in the manner of
+    FramePack's coarser context for older frames, done on the cache. Attention then reads
+    fewer keys (at 720p, window 15 + sink 3, full_frames 3 and (3, 4) pools: 26,100 keys per
+    query instead of 75,600); a student must be trained with the layout it streams with.
     """
 
     block_frames: int = 3
     sink_frames: int = 3
     window_frames: int = 15
     rolling: bool = True
+    full_frames: int | None = None
+    memory_pool: tuple[int, int] = (1, 1)
 
     def __post_init__(self):
         if self.block_frames < 1 or self.sink_frames < 0 or self.window_frames < 0:
             raise ValueError(f"invalid cache layout {self}")
         if self.rolling and self.window_frames < 1:
             raise ValueError("a rolling cache needs window_frames >= 1")
+        object.__setattr__(self, "memory_pool", tuple(self.memory_pool))
+        if len(self.memory_pool) != 2 or min(self.memory_pool) < 1:
+            raise ValueError(f"memory_pool must be two positive patch sides (rows, columns), got {self.memory_pool}")
+        if self.full_frames is not None and not 0 <= self.full_frames <= self.window_frames:
+            raise ValueError(f"full_frames must lie in [0, window_frames={self.window_frames}], got {self.full_frames}")
+        if not self.rolling and self.compressed:
+            raise ValueError("a global cache keeps every frame at full resolution: full_frames and memory_pool "
+                             "are for rolling caches")
 
     @property
     def cache_frames(self) -> int:
         return self.sink_frames + self.window_frames
+
+    @property
+    def compressed(self) -> bool:
+        return self.memory_pool != (1, 1) or self.recent_frames < self.window_frames
+
+    @property
+    def recent_frames(self) -> int:
+        """Window frames kept at full resolution."""
+        return self.window_frames if self.full_frames is None else self.full_frames
+
+    @property
+    def committed_without_rewrite(self) -> int:
+        """Frames a session may commit before a slot that an earlier block read is written
+        again (what a block recomputed in backward needs unchanged)."""
+        sink_apart = self.memory_pool == (1, 1)   # the sink is written straight into its own slots
+        return (self.sink_frames if sink_apart else 0) + self.recent_frames
 
     @classmethod
     def global_cache(cls, num_frames: int, block_frames: int = 3) -> "CacheConfig":

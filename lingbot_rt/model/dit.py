@@ -482,7 +482,7 @@ class CausalWanModel(nn.Module):
         if grid[1:] != cache.grid_hw:
             raise ValueError(f"latent grid {grid[1:]} does not match the cache's {cache.grid_hw}")
         view = cache.view(slot_ids, num_frames)
-        cache.place_sink(view)
+        cache.place(view)
         e, e0 = self.embed_time(t, x.shape[0], grid)
         ctrl = self.embed_control(control) if control is not None else None
         h, e, e0, ctrl = self._shard(tokens, e, e0, ctrl)

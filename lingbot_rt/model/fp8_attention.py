@@ -3,7 +3,7 @@
 PyTorch's SDPA has no FP8 kernel on any backend (`benchmarks/attention_fp8.py`), and attention
 is over half of a streaming pass (a block's queries over sink + window + block keys), so this
 is the one hand-written kernel of the model. Forward only, unmasked (the streaming passes whose
-cache rows are all filled alike: `kv_cache.CacheView.read_frames`), inference only.
+cache rows are all filled alike: `kv_cache.CacheView.read_tokens`), inference only.
 
 Scales: queries per row (quantised in the kernel from the bf16 tile, so free), keys and values
 per (batch, head): amax over tokens and channels (e4m3 is floating point: the scale only keeps

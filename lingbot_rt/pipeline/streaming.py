@@ -65,6 +65,8 @@ class StreamConfig:
     block_frames: int = 3
     sink_frames: int = 3
     window_frames: int = 15
+    full_frames: int | None = None                       # compressed memory (`CacheConfig`): window frames
+    memory_pool: tuple[int, int] = (1, 1)                # kept at full resolution, patch of the pooled ones
     commit: str = "clean"                                # or "last_step": 4 forwards per block
     compile: str = "off"                                 # torch.compile of the DiT block (off or an inductor
                                                          # mode) and of the VAE's streaming encoder and decoder
@@ -102,7 +104,8 @@ class StreamConfig:
 
     def cache(self) -> CacheConfig:
         return CacheConfig(block_frames=self.block_frames, sink_frames=self.sink_frames,
-                           window_frames=self.window_frames)
+                           window_frames=self.window_frames, full_frames=self.full_frames,
+                           memory_pool=self.memory_pool)
 
 
 @dataclass

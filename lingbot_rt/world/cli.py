@@ -79,9 +79,7 @@ def cmd_eval(args) -> int:
     if args.teacher:
         sample = teacher_sampler(model, num_steps=args.steps, guidance=args.guidance)
     else:
-        from ..config_io import load_config
-        from ..distillation.config import StudentSchedule
-        student = load_config(StudentSchedule, args.schedule) if args.schedule else StudentSchedule()
+        student = _student_schedule(args.schedule)
         sample = student_sampler(model, student.schedule(), student.cache())
     clips = load_clip_tensors(args.data, max_clips=args.clips, device=device)
     probe_path = Path(args.out) / "probe.pt"
@@ -106,17 +104,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _student_schedule(path: str | None):
+    """The student's StudentSchedule from YAML, or the distillation's default."""
+    from ..config_io import load_config
+    from ..distillation.config import StudentSchedule
+    return load_config(StudentSchedule, path) if path else StudentSchedule()
+
+
 def cmd_long_rollout(args) -> int:
     import json
 
     import torch
     from .long_rollout import long_rollout
     from .pose_probe import PoseProbe
-    from .stream import world_streaming
+    from .stream import world_stream_config, world_streaming
     device = _device(args.device)
     probe = PoseProbe().to(device)
     probe.load_state_dict(torch.load(args.probe, map_location=device))
-    report = long_rollout(world_streaming(args.student, device=device), probe.eval(), minutes=args.minutes,
+    pipeline = world_streaming(args.student, device=device, config=world_stream_config(_student_schedule(args.schedule)))
+    report = long_rollout(pipeline, probe.eval(), minutes=args.minutes,
                           map_seed=args.map_seed, seed=args.seed, out_dir=args.out)
     print(json.dumps({k: v for k, v in report.items() if k != "per_minute"}, indent=2))
     return 0 if report["all_within_bounds"] else 1
@@ -215,6 +221,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("long-rollout", help="stream minutes of scripted play with a student; per-minute stability")
     p.add_argument("--student", required=True, help="a block-causal student's model directory")
     p.add_argument("--probe", required=True, help="a pose probe (an eval run's probe.pt)")
+    p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the distillation's)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--map-seed", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)

@@ -109,7 +109,8 @@ def student_sampler(model, schedule: FewStepSchedule, cache_cfg: CacheConfig) ->
         return student_rollout(model, data.context[index], data.y[index], data.control[index], schedule,
                                cache_cfg, generator)
     sample.info = {"kind": "student", "sigmas": list(schedule.sigmas), "block_frames": cache_cfg.block_frames,
-                   "sink_frames": cache_cfg.sink_frames, "window_frames": cache_cfg.window_frames}
+                   "sink_frames": cache_cfg.sink_frames, "window_frames": cache_cfg.window_frames,
+                   "full_frames": cache_cfg.recent_frames, "memory_pool": list(cache_cfg.memory_pool)}
     return sample
 
 

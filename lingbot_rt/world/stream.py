@@ -39,7 +39,8 @@ def world_stream_config(student: StudentSchedule = StudentSchedule(), max_sessio
     on the 2-core CPU (`benchmarks/results/world/fps_world_128_cpu_*.json`)."""
     return StreamConfig(height=size, width=size, schedule_indices=student.indices, shift=student.shift,
                         block_frames=student.block_frames, sink_frames=student.sink_frames,
-                        window_frames=student.window_frames, max_sessions=max_sessions,
+                        window_frames=student.window_frames, full_frames=student.full_frames,
+                        memory_pool=student.memory_pool, max_sessions=max_sessions,
                         intrinsics=world_intrinsics(size, size), decoder=decoder)
 
 

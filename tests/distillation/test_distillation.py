@@ -1,6 +1,7 @@
 """ODE pairs, causal initialisation, the Self-Forcing rollout and DMD on tiny random models (CPU)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -121,9 +122,13 @@ def test_ode_pairs_resume_to_the_same_files(pairs_dir, teacher, data, tmp_path):
 
 
 # ---- the rollout ----------------------------------------------------------------------------------
-def _rollout(model, data, exit_step, seed=0):
+# the sink and the window frames before the latest block's pooled 2x2 -> 1 token (`CacheConfig`)
+COMPRESSED = dataclasses.replace(SCHEDULE, full_frames=0, memory_pool=(2, 2))
+
+
+def _rollout(model, data, exit_step, seed=0, schedule=SCHEDULE):
     return student_rollout(model, data.context[:2].float(), data.y[:2].float(), data.control[:2].float(),
-                           SCHEDULE.schedule(), SCHEDULE.cache(), torch.Generator().manual_seed(seed),
+                           schedule.schedule(), schedule.cache(), torch.Generator().manual_seed(seed),
                            exit_step=exit_step)
 
 
@@ -135,15 +140,16 @@ def test_rollout_exit_at_the_last_step_is_the_inference_rollout(data):
     assert full.shape == (2, 16, NUM_FRAMES, *LATENT_HW)
 
 
-def test_rollout_with_gradient_backpropagates_and_matches_the_rollout_without(data):
+@pytest.mark.parametrize("schedule", [SCHEDULE, COMPRESSED], ids=["full", "compressed"])
+def test_rollout_with_gradient_backpropagates_and_matches_the_rollout_without(data, schedule):
     model = tiny_model(2)
-    x = _rollout(model, data, exit_step=0)
+    x = _rollout(model, data, exit_step=0, schedule=schedule)
     assert x.requires_grad
     x.square().mean().backward()            # the cache writes between blocks must not break backward
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     with torch.no_grad():
-        reference = _rollout(model, data, exit_step=0)
+        reference = _rollout(model, data, exit_step=0, schedule=schedule)
     torch.testing.assert_close(x.detach(), reference)
 
 
@@ -222,8 +228,9 @@ def dirs(tmp_path_factory):
     return save_tiny(root / "student", 2), save_tiny(root / "teacher", 1)
 
 
-def test_one_dmd_step_changes_the_student_and_the_critic(dirs, data, tmp_path):
-    trainer = DMDTrainer(*dirs, data, tmp_path / "dmd", DMD)
+@pytest.mark.parametrize("schedule", [SCHEDULE, COMPRESSED], ids=["full", "compressed"])
+def test_one_dmd_step_changes_the_student_and_the_critic(dirs, data, tmp_path, schedule):
+    trainer = DMDTrainer(*dirs, data, tmp_path / "dmd", dataclasses.replace(DMD, student=schedule))
     student = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     critic = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
     record = trainer.train_step()                   # step 0: a generator step and a critic step

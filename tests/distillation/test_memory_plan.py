@@ -127,7 +127,7 @@ def test_rollout_call_count_matches_saved_tensor_hooks(cache_cfg):
         measured, _ = mp.saved_bytes(model.forward_block, x, torch.tensor([500.0]), cache, [0], y=y, control=control,
                                      exclude=(*model.parameters(), *cache_tensors))
         block = mp.block_saved_bytes(cfg, frames * tokens_per_frame, masked=view.attn_mask is not None,
-                                     cache_tokens=(view.read_frames - frames) * tokens_per_frame)
+                                     cache_tokens=view.read_tokens - frames * tokens_per_frame)
         outside = mp.outside_saved_bytes(cfg, (frames, 2, 3), text_in_cache=True)
         assert measured == cfg.num_layers * sum(block.values()) + sum(outside.values())
         with torch.no_grad():

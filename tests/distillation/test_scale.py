@@ -68,12 +68,18 @@ def test_checkpointing_is_refused_where_commits_evict_frames_a_recomputed_block_
     clips = _clips(9)
     plain, checkpointed = (_rollout_grads(clips, SCHEDULE, c) for c in (False, True))
     assert any(a is not None and not torch.equal(a, b) for a, b in zip(plain, checkpointed))
-    with pytest.raises(ValueError, match=r"committed frames \(6 of 9\) to fit the KV cache \(1 sink \+ 3 window"):
+    with pytest.raises(ValueError, match=r"committed frames \(6 of 9\) to fit the KV cache without rewriting a slot "
+                                         r"\(at most 4: 1 sink \+ 3 window"):
         check_recompute_safe(SCHEDULE.cache(), 9)
     config = DMDConfig(batch_size=1, student=SCHEDULE, activation_checkpointing=True)
     with pytest.raises(ValueError, match="activation checkpointing needs"):
         DMDTrainer(*dirs, clips, tmp_path / "dmd", config)
     check_recompute_safe(StudentSchedule().cache(), 21)       # the world's 21 frames, 3 + 15 slots
+    # a compressed memory rewrites the full-resolution ring: block 2 (frames 6-8) overwrites frames 0-2
+    compressed = replace(StudentSchedule().cache(), full_frames=3, memory_pool=(2, 2))
+    check_recompute_safe(compressed, 6)
+    with pytest.raises(ValueError, match=r"\(at most 3: 3 sink \+ 15 window frames, 3 of them at full resolution\)"):
+        check_recompute_safe(compressed, 9)
 
 
 def test_the_student_text_path_is_frozen_and_a_checkpointed_step_equals_the_plain_one(dirs, tmp_path):
