@@ -401,7 +401,7 @@ def main(argv=None):
                                       config, decoder=decoder)
         timer = RegionTimer(dev)
         time_passes(pipeline.dit, timer)
-        kv_cache_bytes = pipeline.cache.nbytes()
+        kv_cache_bytes, keys_per_query = pipeline.cache.nbytes(), pipeline.cache.slot_offsets[-1]
         image = np.random.RandomState(0).randint(0, 256, (height, width, 3), dtype=np.uint8)
         start = time.perf_counter()
         if args.warmup:
@@ -423,7 +423,7 @@ def main(argv=None):
         "resolution": [height, width], "dtype": args.dtype, "params": params, "tokens_per_block": tokens,
         "settings": {"steps": len(schedule.timesteps), "timesteps": [round(t, 1) for t in schedule.timesteps],
                      "sink": args.sink, "window": args.window, "full_frames": args.full_frames,
-                     "memory_pool": list(args.memory_pool), "keys_per_query": pipeline.cache.slot_offsets[-1],
+                     "memory_pool": list(args.memory_pool), "keys_per_query": keys_per_query,
                      "commit": args.commit, "compile": args.compile,
                      "compile_vae": args.compile_vae, "decoder": args.decoder,
                      "attention": args.attention, "fused_qkv": args.fused_qkv, "fp8": args.fp8,

@@ -16,6 +16,9 @@
 #   bash benchmarks/device_fps.sh window720  # 720p with FP8 linears at window 15, 6 and 3 (+ sink 3)
 #   bash benchmarks/device_fps.sh fp8att     # overlap's wan-1.3b runs with the self-attention in FP8 (our Triton kernel)
 #   bash benchmarks/device_fps.sh fp8att14b  # overlap's 14B run with the self-attention in FP8
+#   bash benchmarks/device_fps.sh memory720  # 720p with the compressed KV memory (latest 3 window frames at full
+#                                            # resolution, the sink and older frames pooled 3x4 or 5x5), against the
+#                                            # dense cache; wan-1.3b 480p dense (the token-indexed cache writes)
 #   OUT=/tmp/fps bash benchmarks/device_fps.sh smoke   # the script itself on a CPU
 #
 # Run on the device as: bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/device_fps.sh
@@ -100,13 +103,19 @@ case $SET in
   fp8att14b)
     bench lingbot-14b_480p_fp8_tiny_jt_fp8att 260 --model lingbot-14b --resolution 480p $BEST --fp8 --decoder wan2.1 --jpeg-thread --blocks 21 --fp8-attention
     ;;
+  memory720) # limits sum to 490 s
+    bench wan-1.3b_720p_tiny_jt_dense 125 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21
+    bench wan-1.3b_720p_tiny_jt_m3p3x4 125 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21 --full-frames 3 --memory-pool 3x4
+    bench wan-1.3b_720p_tiny_jt_m3p5x5 125 --model wan-1.3b --resolution 720p $BEST --decoder wan2.1 --jpeg-thread --blocks 21 --full-frames 3 --memory-pool 5x5
+    bench wan-1.3b_480p_tiny_jt_dense 115 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --jpeg-thread --blocks 31
+    ;;
   long)      # ~0.45 s a block: 500 blocks + warm-up in ~5 minutes
     bench wan-1.3b_480p_long500 400 --model wan-1.3b --resolution 480p $BEST --decoder wan2.1 --long 500
     ;;
   smoke)      # the script itself, on a CPU, in seconds
     bench smoke_tiny 120 --model tiny --resolution 64x64 --device cpu --dtype fp32 --warmup 1 --blocks 3 --profile
     ;;
-  *) echo "unknown set $SET (main, ablation, profile, tiny, overlap, sync, control, cond, window720, fp8att, fp8att14b, long or smoke)"; exit 2 ;;
+  *) echo "unknown set $SET (main, ablation, profile, tiny, overlap, sync, control, cond, window720, fp8att, fp8att14b, memory720, long or smoke)"; exit 2 ;;
 esac
 echo "total $((SECONDS - start))s"
 python - "$OUT" <<'PY'
@@ -117,7 +126,8 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("fps_*.json")):
     rows.append((path.stem[4:], f"{r['resolution'][1]}x{r['resolution'][0]}",
                  f"{st['commit']}/{st['compile']}/{st['attention']}{'/qkv' if st['fused_qkv'] else ''}{'/fp8' if st['fp8'] else ''}{'/fp8att' if st.get('fp8_attention') else ''}"
                  f"{'/dec=' + st['decoder'] if st.get('decoder', 'vae') != 'vae' else ''}"
-                 f"{'/jpeg-thread' if st.get('jpeg_thread') else ''}",
+                 f"{'/jpeg-thread' if st.get('jpeg_thread') else ''}"
+                 f"{'/memory=%s:%s:%d keys' % (st['full_frames'], 'x'.join(map(str, st['memory_pool'])), st['keys_per_query']) if st.get('full_frames') is not None else ''}",
                  s["sustained_fps"], s["pipelined_fps_bound"], "+".join(f"{x * 1e3:.0f}" for x in s["step_s_mean"]),
                  f"{s['commit_s_mean'] * 1e3:.0f}", f"{s['decode_s_mean'] * 1e3:.0f}", f"{s['encode_s_mean'] * 1e3:.0f}",
                  s["first_frame_s"], s["action_to_frame_s"]["mean"], r.get("peak_memory_gib"),
