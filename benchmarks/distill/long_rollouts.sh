@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # 10-minute rollouts (`world long-rollout`) of students, every (student, seed) a process of its
 # own, side by side on one GPU; then the drift of each student's seeds. Rollouts still running
-# after ROLL_LIMIT seconds are stopped (0: no limit); a finished report is kept.
+# after ROLL_LIMIT seconds are stopped (0: no limit); a finished report is kept. An entry is
+# name=student-dir[:schedule-yaml] (a StudentSchedule, e.g. a compressed memory's).
 #   STUDENTS="lh=runs/lh/dmd_lh/student ctl=runs/lh/dmd_ctl/student" PROBE=out/dev2/probe.pt \
 #       bash benchmarks/distill/long_rollouts.sh
 set -euo pipefail
@@ -12,11 +13,12 @@ SEEDS=${SEEDS:-0 1 2 3 4}; MINUTES=${MINUTES:-10}; ROLL_LIMIT=${ROLL_LIMIT:-0}
 mkdir -p "$ROOT"
 stamp "long rollouts: $STUDENTS, seeds $SEEDS"
 for entry in $STUDENTS; do
-    name=${entry%%=*}; student=${entry#*=}
+    name=${entry%%=*}; IFS=: read -r student schedule <<< "${entry#*=}"
     for seed in $SEEDS; do
         out="$ROOT/rollout_${name}_s$seed"
         [ -f "$out/long_rollout.json" ] && continue
-        timeout "$ROLL_LIMIT" $world long-rollout --student "$student" --probe "$PROBE" --minutes "$MINUTES" \
+        timeout "$ROLL_LIMIT" $world long-rollout --student "$student" ${schedule:+--schedule "$schedule"} \
+            --probe "$PROBE" --minutes "$MINUTES" \
             --seed "$seed" --device "$DEVICE" --out "$out" > "$ROOT/rollout_${name}_s$seed.log" 2>&1 &
     done
 done

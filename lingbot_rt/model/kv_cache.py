@@ -117,8 +117,9 @@ class KVCache:
     written straight into the sink slots and nothing ever moves. With one, every frame enters
     the full-resolution ring; once it is older than the latest `recent_frames`, before the
     block that will overwrite its slot, its K/V are pooled into the sink or the older-frame
-    ring (`place`). Either way a filling cache's visible slots are a prefix of the row (read
-    unmasked) from the third block on."""
+    ring (`place`), and the ring comes first in the row, then the sink. Either way the visible
+    slots of a filling cache are a prefix of the row (read unmasked: the fast kernels from the
+    first block on)."""
 
     def __init__(self, model_cfg: ModelConfig, cache_cfg: CacheConfig, capacity: int,
                  grid_hw: tuple[int, int], device: torch.device | str = "cpu",
@@ -140,7 +141,11 @@ class KVCache:
             self.older_frames = window - cache_cfg.recent_frames
         else:
             self.ring_frames, self.older_frames = window, 0
-        self.slot_tokens = ([self.memory_tokens] * sink + [self.tokens_per_frame] * self.ring_frames
+        # where the sink, the full-resolution ring and the older-frame ring start, in slots
+        self.sink_base, self.ring_base = (0, sink) if self.sink_apart else (self.ring_frames, 0)
+        self.older_base = sink + self.ring_frames
+        ring, sink_slots = [self.tokens_per_frame] * self.ring_frames, [self.memory_tokens] * sink
+        self.slot_tokens = ((sink_slots + ring if self.sink_apart else ring + sink_slots)
                             + [self.memory_tokens] * self.older_frames)
         self.slot_offsets = [0]
         for tokens in self.slot_tokens:
@@ -190,14 +195,14 @@ class KVCache:
             raise CacheFullError(f"global KV cache holds {sink + window} latent frames; frame {frame} "
                                  "does not fit (use a rolling cache for longer rollouts)")
         first = sink if self.sink_apart else 0
-        return sink + (frame - first) % self.ring_frames
+        return self.ring_base + (frame - first) % self.ring_frames
 
     def memory_slot(self, frame: int) -> int:
         """The pooled slot a frame lives in once older than the full-resolution frames."""
         sink = self.cfg.sink_frames
         if frame < sink:
-            return frame
-        return sink + self.ring_frames + (frame - sink) % self.older_frames
+            return self.sink_base + frame
+        return self.older_base + (frame - sink) % self.older_frames
 
     def _slot_of(self, frame: int, num_committed: int) -> int:
         """Where a visible frame lies for a block starting at `num_committed`."""
@@ -301,13 +306,13 @@ class KVCache:
         if view.sink_moves is None:
             return
         rows, shifts = view.sink_moves
-        sink_tokens = self.cfg.sink_frames * self.memory_tokens
+        first, stop = self.slot_offsets[self.sink_base], self.slot_offsets[self.sink_base + self.cfg.sink_frames]
         rows_t = to_device(torch.tensor(rows, dtype=torch.long), self.device)
         rotation = time_shift_rotary(to_device(torch.tensor(shifts), self.device), self.model_cfg.head_dim,
                                      self.model_cfg.rope_theta)
         for layer in range(self.model_cfg.num_layers):
             keys = self.sink_k[layer].index_select(0, rows_t).flatten(1, 2)
-            self.k[layer][rows_t, :sink_tokens] = rotation.apply(keys).to(self.k.dtype)
+            self.k[layer][rows_t, first:stop] = rotation.apply(keys).to(self.k.dtype)
         for s, shift in zip(rows, shifts):
             self.sink_placed[s] = shift
 
@@ -326,7 +331,7 @@ class KVCache:
                 cache[rows, target] = self._pool(cache[rows, source]).to(cache.dtype)
             for i in sink:
                 row, frame, _ = moves[i]
-                self.sink_k[layer][row, frame] = self.k[layer][row, self.slot_offsets[frame]:][:Tm]
+                self.sink_k[layer][row, frame] = self.k[layer][row, self.slot_offsets[self.memory_slot(frame)]:][:Tm]
 
     def _pool(self, frames: torch.Tensor) -> torch.Tensor:
         """[m, T, H, D] full-resolution tokens (rows of the grid) -> [m, Tm, H, D] patch means, float32."""

@@ -95,6 +95,8 @@ def within_bounds(minute: dict, first: dict) -> dict:
 @torch.no_grad()
 def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: float = 10.0, map_seed: int = 7,
                  seed: int = 0, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    if minutes < 1:
+        raise ValueError(f"a long rollout reports per whole minute: minutes must be >= 1, got {minutes}")
     height, width = pipeline.height, pipeline.width
     world = generate_map(map_seed)
     start = spawn_pose(world, 0)

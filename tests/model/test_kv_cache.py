@@ -65,15 +65,14 @@ def test_config_validation():
 def test_compressed_layout_moves_frames_as_they_age():
     cache = KVCache(model_config("tiny"), CacheConfig(sink_frames=2, window_frames=4, block_frames=2, full_frames=1,
                                                       memory_pool=(2, 2)), capacity=2, grid_hw=(2, 4))
-    # slots: sink 2 x 2 tokens | full-resolution ring (1 + 2) x 8 | older frames 3 x 2
-    assert cache.slot_tokens == [2, 2, 8, 8, 8, 2, 2, 2] and cache.k.shape[2] == 34
-    assert [cache.frame_slot(f) for f in range(7)] == [2, 3, 4, 2, 3, 4, 2]      # every frame enters the ring
-    assert [cache.memory_slot(f) for f in range(2, 7)] == [5, 6, 7, 5, 6]
+    # slots: full-resolution ring (1 + 2) x 8 tokens | sink 2 x 2 | older frames 3 x 2
+    assert cache.slot_tokens == [8, 8, 8, 2, 2, 2, 2, 2] and cache.k.shape[2] == 34
+    assert [cache.frame_slot(f) for f in range(7)] == [0, 1, 2, 0, 1, 2, 0]      # every frame enters the ring
+    assert [cache.memory_slot(f) for f in range(7)] == [3, 4, 5, 6, 7, 5, 6]
     cache.mark_started([0, 1])
     expected = {  # committed: ((frame, its full-resolution slot) pooled before the block, prefix read or None
-        # (masked: the sink slots are still empty), tokens attended)
-        0: ([], None, 16), 2: ([(0, 2)], None, 2 + 8 + 16), 4: ([(1, 3), (2, 4)], 30, 30),
-        6: ([(3, 2), (4, 3)], 34, 34),
+        # (masked), tokens attended): a prefix from the first block on
+        0: ([], 16, 16), 2: ([(0, 0)], 26, 26), 4: ([(1, 1), (2, 2)], 30, 30), 6: ([(3, 0), (4, 1)], 34, 34),
     }
     for committed, (moves, read, visible) in expected.items():
         cache.num_frames = [committed, committed]

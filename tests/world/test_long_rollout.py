@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lingbot_rt.world.long_rollout import BOUNDS, NO_FOLLOWING, drift, frame_statistics, within_bounds
+from lingbot_rt.world.long_rollout import BOUNDS, NO_FOLLOWING, drift, frame_statistics, long_rollout, within_bounds
 from lingbot_rt.world.stream import world_intrinsics, world_stream_config
 from lingbot_rt.world.config import WorldConfig
 from lingbot_rt.model.controls import scale_intrinsics
@@ -64,3 +64,8 @@ def test_world_stream_uses_the_world_camera():
     assert (config.height, config.width) == (128, 128) and config.shift == 3.0
     np.testing.assert_allclose(scale_intrinsics(np.array(world_intrinsics()), 128, 128),
                                WorldConfig().intrinsics(128, 128), rtol=1e-5)
+
+
+def test_a_rollout_shorter_than_a_minute_is_refused():
+    with pytest.raises(ValueError, match="minutes must be >= 1, got 0.5"):
+        long_rollout(None, None, minutes=0.5)
