@@ -6,6 +6,8 @@
 # minutes by DMD streaming with the compressed memory (the shipped recipe: data loss 1.5,
 # guidance 5, lr 5e-5, EMA 0.9, a fresh critic), evaluated and exported (FP8 matrices); then
 # 10-minute rollouts of it on SEEDS until the call's time (LIMIT seconds) runs out (ROLL=0: none).
+# STUDENT=<an exported student> skips the evaluations of the shipped student and the DMD, and
+# evaluates and rolls out that one (`memory_student`).
 #   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/compressed_memory_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -18,18 +20,27 @@ memory="full_frames: $FULL\nmemory_pool: [$POOL]\n"
 printf "$memory" > "$ROOT/schedule.yaml"
 printf "ema_decay: 0.9\nsave_every: 100\nlog_every: 10\nstudent:\n  guidance: 5.0\n  ${memory//\\n/\\n  }" > "$ROOT/dmd_cm.yaml"
 stamp gen-data
-[ -f "$ROOT/heldout/dataset.json" ] || gen_data "${CLIPS:-512}" 32
-stamp "evaluations of the shipped student beside DMD with the compressed memory ($SEG_MIN min)"
-evaluate shipped --student "$START" &
-evaluate shipped_memory --student "$START" --schedule "$ROOT/schedule.yaml" &
-ROOT=$ROOT SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 EVAL=0 RUNS="cm=$START:5e-5:1.5:$ROOT/dmd_cm.yaml" \
-    bash benchmarks/distill/dmd_segments.sh
-wait
-evaluate memory_dmd --student "$ROOT/dmd_cm/student" --schedule "$ROOT/schedule.yaml"
-$world export --student "$ROOT/dmd_cm/student" --out "$ROOT/export_cm" > /dev/null
-tar -C "$ROOT/export_cm" -cf "$OUT/student_cm.tar" student
-stamp "export done at ${SECONDS}s"
-[ "$ROLL" = 0 ] || ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="cm=$ROOT/export_cm/student:$ROOT/schedule.yaml" \
+if [ -n "${STUDENT:-}" ]; then
+    [ -f "$ROOT/heldout/dataset.json" ] || $world gen-data --out "$ROOT/heldout" --clips 32 --frames $FRAMES \
+        --height $SIZE --width $SIZE --seed 1 --workers "$WORKERS" --quiet
+    evaluate memory_student --student "$STUDENT" --schedule "$ROOT/schedule.yaml" &
+    rolled="$STUDENT"
+else
+    [ -f "$ROOT/heldout/dataset.json" ] || gen_data "${CLIPS:-512}" 32
+    stamp "evaluations of the shipped student beside DMD with the compressed memory ($SEG_MIN min)"
+    evaluate shipped --student "$START" &
+    evaluate shipped_memory --student "$START" --schedule "$ROOT/schedule.yaml" &
+    ROOT=$ROOT SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 EVAL=0 RUNS="cm=$START:5e-5:1.5:$ROOT/dmd_cm.yaml" \
+        bash benchmarks/distill/dmd_segments.sh
+    wait
+    evaluate memory_dmd --student "$ROOT/dmd_cm/student" --schedule "$ROOT/schedule.yaml"
+    $world export --student "$ROOT/dmd_cm/student" --out "$ROOT/export_cm" > /dev/null
+    tar -C "$ROOT/export_cm" -cf "$OUT/student_cm.tar" student
+    stamp "export done at ${SECONDS}s"
+    rolled="$ROOT/export_cm/student"
+fi
+[ "$ROLL" = 0 ] || ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="cm=$rolled:$ROOT/schedule.yaml" \
     PROBE="$ROOT/probe.pt" bash benchmarks/distill/long_rollouts.sh || true
+wait
 tar -C "$ROOT" -czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude=data --exclude=heldout --exclude='dmd_*/checkpoint' \
     --exclude='export_*' --exclude='dmd_*/student' .
