@@ -33,7 +33,7 @@ from ..model.dit import CausalWanModel
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, shift_sigma
 from ..world.latents import ConditionedClips
 from ..world.training import EMA, Budget, JsonlLog, load_checkpoint, optimizer_step, save_checkpoint
-from .config import CausalInitConfig
+from .config import CausalInitConfig, save_student_schedule
 from .ode_pairs import ODEPairs, check_pairs_fit
 
 log = logging.getLogger(__name__)
@@ -125,5 +125,6 @@ def train_causal_init(teacher_dir: str | Path, data: ConditionedClips, pairs: OD
                 save_checkpoint(out, step, student, ema, optimizer, generator)
     save_checkpoint(out, step, student, ema, optimizer, generator)
     save_model(ema.model, out / STUDENT_DIR, class_name="WanModelFast")
+    save_student_schedule(config.student, out / STUDENT_DIR)
     log.info("causal student at step %d written to %s", step, out / STUDENT_DIR)
     return out

@@ -15,8 +15,11 @@ for models that fit a GPU, `fsdp` (FSDP2) with activation checkpointing for the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from ..config_io import config_from_dict
 from ..model.config import CacheConfig
 from ..model.sampler import NUM_TRAIN_TIMESTEPS, FewStepSchedule, ode_grid
 
@@ -63,6 +66,23 @@ class StudentSchedule:
         return CacheConfig(block_frames=self.block_frames, sink_frames=self.sink_frames,
                            window_frames=self.window_frames, full_frames=self.full_frames,
                            memory_pool=self.memory_pool)
+
+
+SCHEDULE_FILE = "student_schedule.json"
+
+
+def save_student_schedule(schedule: StudentSchedule, student_dir: str | Path) -> None:
+    """Record beside a student's weights the schedule and cache layout it was trained to stream with."""
+    (Path(student_dir) / SCHEDULE_FILE).write_text(json.dumps(asdict(schedule), indent=2) + "\n")
+
+
+def student_schedule(student_dir: str | Path) -> StudentSchedule:
+    """The schedule a student directory records (`save_student_schedule`); the default one for a
+    student saved without it."""
+    path = Path(student_dir) / SCHEDULE_FILE
+    if not path.is_file():
+        return StudentSchedule()
+    return config_from_dict(StudentSchedule, json.loads(path.read_text()), str(path))
 
 
 @dataclass(frozen=True)

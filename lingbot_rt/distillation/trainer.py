@@ -55,7 +55,7 @@ from ..model.vae import WanVAE
 from ..world.latents import ConditionedClips
 from ..world.training import EMA, Budget, JsonlLog
 from .causal_init import STUDENT_DIR, teacher_forcing_loss
-from .config import DMDConfig
+from .config import DMDConfig, save_student_schedule
 from .distributed import Ranks, average_gradients
 from .dmd import Conditions, critic_loss, dmd_loss, sample_sigma
 from .long_horizon import (
@@ -208,6 +208,7 @@ class DMDTrainer:
             model = self.ema.model
         if self.ranks.rank == 0:
             save_model(model, self.out / STUDENT_DIR, class_name="WanModelFast")
+            save_student_schedule(self.config.student, self.out / STUDENT_DIR)
 
     # ---- one step -----------------------------------------------------------------------
     def _update(self, model: CausalWanModel, optimizer,

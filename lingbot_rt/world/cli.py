@@ -79,7 +79,7 @@ def cmd_eval(args) -> int:
     if args.teacher:
         sample = teacher_sampler(model, num_steps=args.steps, guidance=args.guidance)
     else:
-        student = _student_schedule(args.schedule)
+        student = _student_schedule(args.schedule, args.student)
         sample = student_sampler(model, student.schedule(), student.cache())
     clips = load_clip_tensors(args.data, max_clips=args.clips, device=device)
     probe_path = Path(args.out) / "probe.pt"
@@ -104,11 +104,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _student_schedule(path: str | None):
-    """The student's StudentSchedule from YAML, or the distillation's default."""
+def _student_schedule(path: str | None, student_dir: str):
+    """The student's StudentSchedule from YAML, or the one its directory records."""
     from ..config_io import load_config
-    from ..distillation.config import StudentSchedule
-    return load_config(StudentSchedule, path) if path else StudentSchedule()
+    from ..distillation.config import StudentSchedule, student_schedule
+    return load_config(StudentSchedule, path) if path else student_schedule(student_dir)
 
 
 def cmd_long_rollout(args) -> int:
@@ -121,7 +121,8 @@ def cmd_long_rollout(args) -> int:
     device = _device(args.device)
     probe = PoseProbe().to(device)
     probe.load_state_dict(torch.load(args.probe, map_location=device))
-    pipeline = world_streaming(args.student, device=device, config=world_stream_config(_student_schedule(args.schedule)))
+    schedule = _student_schedule(args.schedule, args.student)
+    pipeline = world_streaming(args.student, device=device, config=world_stream_config(schedule))
     report = long_rollout(pipeline, probe.eval(), minutes=args.minutes,
                           map_seed=args.map_seed, seed=args.seed, out_dir=args.out)
     print(json.dumps({k: v for k, v in report.items() if k != "per_minute"}, indent=2))
@@ -206,7 +207,8 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--teacher", help="a bidirectional model directory, sampled with --steps and --guidance")
     model.add_argument("--student", help="a block-causal student's model directory, streamed with its KV cache")
-    p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the distillation's)")
+    p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the one its directory "
+                   "records, else the distillation's)")
     p.add_argument("--probe-data", required=True, help="clips to train the pose probe on (the training set)")
     p.add_argument("--probe-clips", type=int, default=500)
     p.add_argument("--probe-steps", type=int, default=2000)
@@ -221,7 +223,8 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("long-rollout", help="stream minutes of scripted play with a student; per-minute stability")
     p.add_argument("--student", required=True, help="a block-causal student's model directory")
     p.add_argument("--probe", required=True, help="a pose probe (an eval run's probe.pt)")
-    p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the distillation's)")
+    p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the one its directory "
+                   "records, else the distillation's)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--map-seed", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)

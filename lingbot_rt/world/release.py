@@ -23,6 +23,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from ..distillation.config import student_schedule
 from ..model.checkpoint import FAST_DIR, WEIGHTS_NAME
 from ..model.text_encoder import save_encoder
 from ..model.vae import save_vae
@@ -60,7 +61,7 @@ def make_world_release(out: str | Path, weights: str | Path = SHIPPED_DIR) -> Pa
     save_vae(load_trained_vae(weights), out / VAE_FILE)
     save_encoder(make_world_text_encoder(), out / T5_FILE)
     make_world_tokenizer(out / TOKENIZER_DIR)
-    stream = asdict(world_stream_config())
+    stream = asdict(world_stream_config(student_schedule(student)))
     ReleaseManifest(vae=json.loads((weights / VAE_CONFIG).read_text()), text_encoder=TEXT_CONFIG,
                     height=WORLD_SIZE, width=WORLD_SIZE, stream={k: stream[k] for k in STREAM_FIELDS}).write(out)
     (out / SOURCE_FILE).write_text(_weights_digest(weights) + "\n")

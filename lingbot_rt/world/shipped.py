@@ -23,6 +23,7 @@ from ..model.checkpoint import load_model, save_model
 from ..model.tiny_decoder import load_tiny_decoder, save_tiny_decoder
 from ..model.vae import save_vae
 from ..distillation.causal_init import STUDENT_DIR
+from ..distillation.config import save_student_schedule, student_schedule
 from .train_teacher import TEACHER_DIR
 from .train_vae import VAE_CONFIG, VAE_WEIGHTS, load_trained_vae
 
@@ -49,6 +50,7 @@ def export_world_weights(out_dir: str | Path = SHIPPED_DIR, *, vae_dir: str | Pa
     if student_dir is not None:
         save_model(load_model(student_dir, dtype=torch.float32), out / STUDENT_DIR, class_name="WanModelFast",
                    fp8_rows=True)
+        save_student_schedule(student_schedule(student_dir), out / STUDENT_DIR)
     if decoder_dir is not None:
         save_tiny_decoder(load_tiny_decoder(decoder_dir, dtype=torch.bfloat16), out / DECODER_DIR)
     return out

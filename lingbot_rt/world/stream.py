@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..distillation.config import StudentSchedule
+from ..distillation.config import StudentSchedule, student_schedule
 from ..model.checkpoint import load_model
 from ..model.controls import INTRINSICS_SOURCE_HW
 from ..model.tiny_decoder import load_tiny_decoder
@@ -47,8 +47,8 @@ def world_stream_config(student: StudentSchedule = StudentSchedule(), max_sessio
 def world_streaming(student_dir: str | Path, *, device: torch.device | str = "cpu", vae_dir: str | Path = SHIPPED_DIR,
                     config: StreamConfig | None = None, dtype: torch.dtype = torch.float32) -> StreamingInference:
     """A student model directory, the world's VAE, tiny decoder (`config.decoder`) and text
-    encoder, streaming."""
-    config = config or world_stream_config()
+    encoder, streaming (by default with the schedule and cache layout the student records)."""
+    config = config or world_stream_config(student_schedule(student_dir))
     student = load_model(student_dir, dtype=dtype, device=device)
     vae = load_trained_vae(vae_dir, device=device)
     decoder = load_tiny_decoder(shipped_decoder_dir(vae_dir), device=device) if config.decoder == "tiny" else None

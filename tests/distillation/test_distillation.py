@@ -9,7 +9,8 @@ import torch
 
 from lingbot_rt.config_io import config_from_dict
 from lingbot_rt.distillation.causal_init import ode_regression_loss, teacher_forcing_loss, train_causal_init
-from lingbot_rt.distillation.config import CausalInitConfig, DMDConfig, ODEPairsConfig, StudentSchedule
+from lingbot_rt.distillation.config import (CausalInitConfig, DMDConfig, ODEPairsConfig, StudentSchedule,
+                                            save_student_schedule, student_schedule)
 from lingbot_rt.distillation.dmd import Conditions, dmd_loss
 from lingbot_rt.distillation.ode_pairs import (
     META,
@@ -25,6 +26,9 @@ from lingbot_rt.model.rollout import generate_block
 from lingbot_rt.model.sampler import euler_trajectory
 
 from .helpers import LATENT_HW, NUM_FRAMES, SCHEDULE, save_tiny, synthetic_clips, tiny_model
+
+# the sink and the window frames before the latest block's pooled 2x2 -> 1 token (`CacheConfig`)
+COMPRESSED = dataclasses.replace(SCHEDULE, full_frames=0, memory_pool=(2, 2))
 
 PAIRS = ODEPairsConfig(num_pairs=5, shard_size=2, batch_size=2, student=SCHEDULE)
 
@@ -51,6 +55,15 @@ def test_student_steps_are_points_of_the_teacher_grid():
     assert student.grid_indices() == (0, 12, 24, 36) and len(grid) == 49 and grid[-1] == 0.0
     assert [grid[i] for i in student.grid_indices()] == pytest.approx(student.schedule().sigmas, abs=1e-12)
     assert student.schedule().sigmas == pytest.approx((0.9997, 0.8996, 0.7496, 0.4997), abs=1e-4)
+
+
+def test_a_student_directory_records_its_schedule(tmp_path):
+    assert student_schedule(tmp_path) == StudentSchedule()           # none recorded: the default
+    save_student_schedule(COMPRESSED, tmp_path)
+    assert student_schedule(tmp_path) == COMPRESSED and student_schedule(tmp_path).cache().memory_pool == (2, 2)
+    (tmp_path / "student_schedule.json").write_text(json.dumps({"window": 3}))
+    with pytest.raises(ValueError, match=r"student_schedule.json: unknown key\(s\) \['window'\]"):
+        student_schedule(tmp_path)
 
 
 def test_schedule_off_the_grid_and_unknown_keys_are_refused():
@@ -122,10 +135,6 @@ def test_ode_pairs_resume_to_the_same_files(pairs_dir, teacher, data, tmp_path):
 
 
 # ---- the rollout ----------------------------------------------------------------------------------
-# the sink and the window frames before the latest block's pooled 2x2 -> 1 token (`CacheConfig`)
-COMPRESSED = dataclasses.replace(SCHEDULE, full_frames=0, memory_pool=(2, 2))
-
-
 def _rollout(model, data, exit_step, seed=0, schedule=SCHEDULE):
     return student_rollout(model, data.context[:2].float(), data.y[:2].float(), data.control[:2].float(),
                            schedule.schedule(), schedule.cache(), torch.Generator().manual_seed(seed),
@@ -213,6 +222,7 @@ def test_causal_init_run_writes_a_loadable_student(pairs_dir, data, tmp_path):
                             CausalInitConfig(batch_size=2, steps=2, log_every=1, student=SCHEDULE))
     from lingbot_rt.model.checkpoint import load_model
     assert load_model(run / "student").cfg == tiny_model(0).cfg
+    assert student_schedule(run / "student") == SCHEDULE        # what it streams with travels with it
     assert len((run / "log.jsonl").read_text().splitlines()) == 2
     with pytest.raises(ValueError, match="needs ODE pairs"):
         train_causal_init(tmp_path / "teacher", data, None, tmp_path / "x", CausalInitConfig(student=SCHEDULE))
@@ -273,6 +283,7 @@ def test_dmd_resumes_bit_identically(dirs, data, tmp_path):
     second = DMDTrainer(*dirs, data, tmp_path / "resumed", DMD)
     second.train(progress=False)
     assert second.step == straight.step == 4
+    assert student_schedule(tmp_path / "resumed" / "student") == SCHEDULE
     for key, value in straight.state_dict().items():
         if key == "step":
             continue

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lingbot_rt.cli import main
+from lingbot_rt.distillation.config import student_schedule
 from lingbot_rt.model.checkpoint import CheckpointError, load_model
 from lingbot_rt.model.config import model_config
 from lingbot_rt.pipeline import StreamingInference
@@ -27,12 +28,15 @@ def test_shipped_student_is_the_world_model_with_fp8_matrices():
     assert all(torch.isfinite(p).all() for p in student.parameters())
     with safe_open(shipped_student_dir() / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert f.get_slice("blocks.0.self_attn.q.weight").get_dtype() == "F8_E4M3"
+    # it was distilled to stream with a compressed memory (`weights/MODEL_CARD.md`), and records it
+    cache = student_schedule(shipped_student_dir()).cache()
+    assert (cache.sink_frames, cache.window_frames, cache.recent_frames, cache.memory_pool) == (3, 15, 3, (2, 2))
 
 
 def test_world_release_streams_as_the_student_does(release):
     """The release the server loads plays what `world_streaming` (the evaluation's setup) plays;
     the only difference is the release's text encoder, loaded in bf16."""
-    assert release_stream_config(release) == world_stream_config()
+    assert release_stream_config(release) == world_stream_config(student_schedule(shipped_student_dir()))
     image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     served = StreamingInference.from_release(release, device="cpu", dtype=torch.float32)
     evaluated = world_streaming(shipped_student_dir())

@@ -70,3 +70,13 @@ def test_export_writes_bf16_weights_the_world_commands_load(tmp_path, capsys):
     for (name, a), b in zip(exported.state_dict().items(), teacher.state_dict().values()):
         torch.testing.assert_close(a, b.bfloat16().float(), rtol=0, atol=0, msg=name)
     assert math.isclose((out / VAE_WEIGHTS).stat().st_size, (vae_dir / VAE_WEIGHTS).stat().st_size / 2, rel_tol=0.05)
+
+
+def test_export_keeps_the_student_schedule(tmp_path):
+    from lingbot_rt.distillation.config import StudentSchedule, save_student_schedule, student_schedule
+    from lingbot_rt.world.shipped import export_world_weights
+    schedule = StudentSchedule(full_frames=3, memory_pool=(2, 2))
+    save_model(CausalWanModel(model_config("world")), tmp_path / "student")
+    save_student_schedule(schedule, tmp_path / "student")
+    out = export_world_weights(tmp_path / "out", student_dir=tmp_path / "student")
+    assert student_schedule(out / "student") == schedule
