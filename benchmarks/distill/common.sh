@@ -4,6 +4,8 @@ EVAL_CLIPS=${EVAL_CLIPS:-32}; PROBE_CLIPS=${PROBE_CLIPS:-300}; PROBE_STEPS=${PRO
 WEIGHTS=lingbot_rt/world/weights; TEACHER=$WEIGHTS/teacher
 world="python -m lingbot_rt.world.cli"; distill="python -m lingbot_rt.distillation.cli"
 stamp() { echo "== $(date +%T) $*"; }
+# the shipped student's DMD recipe as DMDConfig YAML (a run adds its keys; `student:` keys indented)
+DMD_RECIPE="ema_decay: 0.9\nsave_every: 100\nlog_every: 10\nstudent:\n  guidance: 5.0\n"
 
 gen_data() {   # gen_data <clips> <heldout clips>: training clips (TRAIN_FRAMES long) and held-out clips (another seed)
     $world gen-data --out "$ROOT/data" --clips "$1" --frames "${TRAIN_FRAMES:-$FRAMES}" --height $SIZE --width $SIZE \

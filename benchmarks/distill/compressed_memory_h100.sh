@@ -16,9 +16,8 @@ FULL=${FULL:-3}; POOL=${POOL:-2, 2}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570};
 START=${START:-lingbot_rt/world/weights/student}
 mkdir -p "$ROOT"
 cp "$PROBE" "$ROOT/probe.pt"
-memory="full_frames: $FULL\nmemory_pool: [$POOL]\n"
-printf "$memory" > "$ROOT/schedule.yaml"
-printf "ema_decay: 0.9\nsave_every: 100\nlog_every: 10\nstudent:\n  guidance: 5.0\n  ${memory//\\n/\\n  }" > "$ROOT/dmd_cm.yaml"
+printf "full_frames: $FULL\nmemory_pool: [$POOL]\n" > "$ROOT/schedule.yaml"
+printf "${DMD_RECIPE}  full_frames: $FULL\n  memory_pool: [$POOL]\n" > "$ROOT/dmd_cm.yaml"
 stamp gen-data
 if [ -n "${STUDENT:-}" ]; then
     [ -f "$ROOT/heldout/dataset.json" ] || $world gen-data --out "$ROOT/heldout" --clips 32 --frames $FRAMES \

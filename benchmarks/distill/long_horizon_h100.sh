@@ -17,10 +17,9 @@ LONG=${LONG:-63}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}; NAMES=${NAMES:-lh 
 START=${START:-lingbot_rt/world/weights/student}
 mkdir -p "$ROOT"
 cp "$PROBE" "$ROOT/probe.pt"
-base="ema_decay: 0.9\nsave_every: 100\nlog_every: 10\nstudent:\n  guidance: 5.0\n"
-printf "$base" > "$ROOT/dmd.yaml"
-printf "${base}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
-printf "${base}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
+printf "$DMD_RECIPE" > "$ROOT/dmd.yaml"
+printf "${DMD_RECIPE}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
+printf "${DMD_RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
 declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml" [lt]="$ROOT/dmd_lt.yaml")
 runs=""; students=""
 for name in $NAMES; do

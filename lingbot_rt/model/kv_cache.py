@@ -325,13 +325,13 @@ class KVCache:
                            + torch.arange(T), dev)
         target = to_device(torch.tensor([self.slot_offsets[self.memory_slot(f)] for _, f, _ in moves])[:, None]
                            + torch.arange(Tm), dev)
-        sink = [i for i, (_, f, _) in enumerate(moves) if f < self.cfg.sink_frames]
+        sink = [(i, row, frame) for i, (row, frame, _) in enumerate(moves) if frame < self.cfg.sink_frames]
         for layer in range(self.model_cfg.num_layers):
-            for cache in (self.k[layer], self.v[layer]):
-                cache[rows, target] = self._pool(cache[rows, source]).to(cache.dtype)
-            for i in sink:
-                row, frame, _ = moves[i]
-                self.sink_k[layer][row, frame] = self.k[layer][row, self.slot_offsets[self.memory_slot(frame)]:][:Tm]
+            keys = self._pool(self.k[layer][rows, source]).to(self.k.dtype)
+            self.k[layer][rows, target] = keys
+            self.v[layer][rows, target] = self._pool(self.v[layer][rows, source]).to(self.v.dtype)
+            for i, row, frame in sink:
+                self.sink_k[layer][row, frame] = keys[i]
 
     def _pool(self, frames: torch.Tensor) -> torch.Tensor:
         """[m, T, H, D] full-resolution tokens (rows of the grid) -> [m, Tm, H, D] patch means, float32."""
