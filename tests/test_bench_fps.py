@@ -64,6 +64,7 @@ def test_kernel_kinds(monkeypatch):
     (("--resolution", "4k"), "480p, 720p or HxW"),
     (("--long", "12"), "--long must be >= 30"),
     (("--attention", "xformers"), "invalid choice: 'xformers'"),
+    (("--memory-pool", "3"), "expected RxC (e.g. 3x4), got '3'"),
 ])
 def test_bad_flags_are_refused(monkeypatch, capsys, flags, message):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -71,3 +72,12 @@ def test_bad_flags_are_refused(monkeypatch, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         bench_fps.parse_args([*TINY, *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_compressed_memory_flags_make_the_cache_config(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench_fps = importlib.import_module("bench_fps")
+    from lingbot_rt.model.config import CacheConfig
+    args = bench_fps.parse_args([*TINY, "--full-frames", "3", "--memory-pool", "5x4", "--window", "12"])
+    assert bench_fps.cache_config(args) == CacheConfig(window_frames=12, full_frames=3, memory_pool=(5, 4))
+    assert bench_fps.cache_config(bench_fps.parse_args(list(TINY))) == CacheConfig()
