@@ -63,9 +63,7 @@ class StudentSchedule:
         return tuple(i * self.teacher_steps // NUM_TRAIN_TIMESTEPS for i in self.indices)
 
     def cache(self) -> CacheConfig:
-        return CacheConfig(block_frames=self.block_frames, sink_frames=self.sink_frames,
-                           window_frames=self.window_frames, full_frames=self.full_frames,
-                           memory_pool=self.memory_pool)
+        return CacheConfig.of(self)
 
 
 SCHEDULE_FILE = "student_schedule.json"

@@ -135,6 +135,10 @@ def model_config(name: str) -> ModelConfig:
         raise ValueError(f"unknown model config {name!r}; known: {sorted(NAMED_CONFIGS)}") from None
 
 
+# the `CacheConfig` fields a student's schedule and a stream config carry under the same names
+LAYOUT_FIELDS = ("block_frames", "sink_frames", "window_frames", "full_frames", "memory_pool")
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     """Streaming attention layout, in latent frames.
@@ -189,11 +193,21 @@ class CacheConfig:
         return self.window_frames if self.full_frames is None else self.full_frames
 
     @property
+    def sink_apart(self) -> bool:
+        """Whether the sink's frames are written straight into their own (full-resolution) slots;
+        pooled, they pass through the full-resolution ring first."""
+        return self.memory_pool == (1, 1)
+
+    @property
     def committed_without_rewrite(self) -> int:
         """Frames a session may commit before a slot that an earlier block read is written
         again (what a block recomputed in backward needs unchanged)."""
-        sink_apart = self.memory_pool == (1, 1)   # the sink is written straight into its own slots
-        return (self.sink_frames if sink_apart else 0) + self.recent_frames
+        return (self.sink_frames if self.sink_apart else 0) + self.recent_frames
+
+    @classmethod
+    def of(cls, config) -> "CacheConfig":
+        """The cache layout a config with these same fields names (`StudentSchedule`, `StreamConfig`)."""
+        return cls(**{name: getattr(config, name) for name in LAYOUT_FIELDS})
 
     @classmethod
     def global_cache(cls, num_frames: int, block_frames: int = 3) -> "CacheConfig":

@@ -134,7 +134,6 @@ class KVCache:
         self.model_cfg, self.cfg, self.capacity, self.grid_hw = model_cfg, cache_cfg, capacity, grid_hw
         self.tokens_per_frame = grid_hw[0] * grid_hw[1]
         self.memory_tokens = self.tokens_per_frame // (pool_h * pool_w)
-        self.sink_apart = cache_cfg.memory_pool == (1, 1)   # sink frames written straight into their slots
         sink, window = cache_cfg.sink_frames, cache_cfg.window_frames
         if cache_cfg.rolling:
             self.ring_frames = cache_cfg.recent_frames + cache_cfg.block_frames
@@ -142,15 +141,16 @@ class KVCache:
         else:
             self.ring_frames, self.older_frames = window, 0
         # where the sink, the full-resolution ring and the older-frame ring start, in slots
-        self.sink_base, self.ring_base = (0, sink) if self.sink_apart else (self.ring_frames, 0)
+        self.sink_base, self.ring_base = (0, sink) if self.cfg.sink_apart else (self.ring_frames, 0)
         self.older_base = sink + self.ring_frames
         ring, sink_slots = [self.tokens_per_frame] * self.ring_frames, [self.memory_tokens] * sink
-        self.slot_tokens = ((sink_slots + ring if self.sink_apart else ring + sink_slots)
+        self.slot_tokens = ((sink_slots + ring if self.cfg.sink_apart else ring + sink_slots)
                             + [self.memory_tokens] * self.older_frames)
         self.slot_offsets = [0]
         for tokens in self.slot_tokens:
             self.slot_offsets.append(self.slot_offsets[-1] + tokens)
         self.frame_slots = len(self.slot_tokens)
+        self._slot_tokens_t, self._slot_offsets_t = torch.tensor(self.slot_tokens), torch.tensor(self.slot_offsets)
         heads = model_cfg.num_heads // head_shards
         shape = (model_cfg.num_layers, capacity, self.slot_offsets[-1], heads, model_cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
@@ -189,12 +189,12 @@ class KVCache:
     def frame_slot(self, frame: int) -> int:
         """The slot a frame is written to (and read from while it is at full resolution)."""
         sink, window = self.cfg.sink_frames, self.cfg.window_frames
-        if frame < sink and self.sink_apart:
+        if frame < sink and self.cfg.sink_apart:
             return frame
         if not self.cfg.rolling and frame >= sink + window:
             raise CacheFullError(f"global KV cache holds {sink + window} latent frames; frame {frame} "
                                  "does not fit (use a rolling cache for longer rollouts)")
-        first = sink if self.sink_apart else 0
+        first = sink if self.cfg.sink_apart else 0
         return self.ring_base + (frame - first) % self.ring_frames
 
     def memory_slot(self, frame: int) -> int:
@@ -205,9 +205,8 @@ class KVCache:
         return self.older_base + (frame - sink) % self.older_frames
 
     def _slot_of(self, frame: int, num_committed: int) -> int:
-        """Where a visible frame lies for a block starting at `num_committed`."""
-        if frame < self.cfg.sink_frames and self.sink_apart:
-            return frame
+        """Where a visible frame lies for a block starting at `num_committed` (a sink kept apart
+        has one slot per frame, which both give)."""
         if not self.cfg.rolling or frame >= num_committed - self.cfg.recent_frames:
             return self.frame_slot(frame)
         return self.memory_slot(frame)
@@ -221,7 +220,7 @@ class KVCache:
         sink, first_window = self.cfg.sink_frames, num_committed - self.cfg.window_frames
         stop = max(self.moved[row], num_committed - self.cfg.recent_frames)
         kept = [f for f in range(self.moved[row], stop)
-                if (f < sink and not self.sink_apart) or (f >= max(sink, first_window) and self.older_frames)]
+                if (f < sink and not self.cfg.sink_apart) or (f >= max(sink, first_window) and self.older_frames)]
         return kept, stop
 
     def visible_frames(self, num_committed: int) -> list[int]:
@@ -261,7 +260,7 @@ class KVCache:
                 row[slot] = True
             visible.append(row)
             query_pos.append(block)
-            if self.sink_apart:
+            if self.cfg.sink_apart:
                 sink_frames += [(b, i, s, f) for i, f in enumerate(block) if f < self.cfg.sink_frames]
             new_sink = any(f < self.cfg.sink_frames for f in leaving)
             if self.sink_shift(n) != self.sink_placed[s] or new_sink:
@@ -275,8 +274,8 @@ class KVCache:
             mask = None                 # every row attends the same prefix of its slots
         else:
             read_slots = self.frame_slots
-            mask = to_device(visible_t.repeat_interleave(torch.tensor(self.slot_tokens), dim=1)[:, None, None, :], dev)
-        offsets = torch.tensor(self.slot_offsets)[torch.tensor(write_slots, dtype=torch.long)]
+            mask = to_device(visible_t.repeat_interleave(self._slot_tokens_t, dim=1)[:, None, None, :], dev)
+        offsets = self._slot_offsets_t[torch.tensor(write_slots, dtype=torch.long)]
         write_tokens = (offsets.unsqueeze(-1) + torch.arange(T)).flatten(1)
         return CacheView(
             slot_ids=to_device(torch.tensor(slot_ids, dtype=torch.long), dev),

@@ -103,9 +103,7 @@ class StreamConfig:
         return FewStepSchedule.from_indices(self.schedule_indices, self.shift)
 
     def cache(self) -> CacheConfig:
-        return CacheConfig(block_frames=self.block_frames, sink_frames=self.sink_frames,
-                           window_frames=self.window_frames, full_frames=self.full_frames,
-                           memory_pool=self.memory_pool)
+        return CacheConfig.of(self)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 
 from ..distillation.config import StudentSchedule, student_schedule
 from ..model.checkpoint import load_model
+from ..model.config import LAYOUT_FIELDS
 from ..model.controls import INTRINSICS_SOURCE_HW
 from ..model.tiny_decoder import load_tiny_decoder
 from ..pipeline.streaming import StreamConfig, StreamingInference
@@ -37,11 +38,9 @@ def world_stream_config(student: StudentSchedule = StudentSchedule(), max_sessio
     """The world streams with its tiny decoder: the same frames as the VAE's decoder within the
     evaluation's resolution (`weights/MODEL_CARD.md`), 43 instead of 327 ms per 12-frame block
     on the 2-core CPU (`benchmarks/results/world/fps_world_128_cpu_*.json`)."""
-    return StreamConfig(height=size, width=size, schedule_indices=student.indices, shift=student.shift,
-                        block_frames=student.block_frames, sink_frames=student.sink_frames,
-                        window_frames=student.window_frames, full_frames=student.full_frames,
-                        memory_pool=student.memory_pool, max_sessions=max_sessions,
-                        intrinsics=world_intrinsics(size, size), decoder=decoder)
+    layout = {name: getattr(student, name) for name in LAYOUT_FIELDS}
+    return StreamConfig(height=size, width=size, schedule_indices=student.indices, shift=student.shift, **layout,
+                        max_sessions=max_sessions, intrinsics=world_intrinsics(size, size), decoder=decoder)
 
 
 def world_streaming(student_dir: str | Path, *, device: torch.device | str = "cpu", vae_dir: str | Path = SHIPPED_DIR,
