@@ -37,6 +37,7 @@ from .helpers import (
 
 LONG = 12            # 4 blocks of 3 over 1 sink + 3 window slots: the cache rolls twice
 DMD = DMDConfig(batch_size=2, steps=4, update_ratio=2, log_every=1, save_every=2, student=SCHEDULE, rollout_frames=LONG)
+COMPRESSED = replace(SCHEDULE, full_frames=1, memory_pool=(2, 2))     # the rolling ring pools its leaving frames
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +57,20 @@ def dirs(tmp_path_factory):
     return save_tiny(root / "student", 2), save_tiny(root / "teacher", 1)
 
 
-def _long_rollout(model, data, frames: int, exit_step, grad_from: int = 0) -> torch.Tensor:
+def _long_rollout(model, data, frames: int, exit_step, grad_from: int = 0, schedule=SCHEDULE) -> torch.Tensor:
     index = torch.tensor([0, 1])
     control = long_controls(data, index, frames, torch.Generator().manual_seed(1)).float()
     y = long_image_condition(data.y[index], frames).float()
-    return student_rollout(model, data.context[index].float(), y, control, SCHEDULE.schedule(), SCHEDULE.cache(),
+    return student_rollout(model, data.context[index].float(), y, control, schedule.schedule(), schedule.cache(),
                            torch.Generator().manual_seed(0), exit_step=exit_step, grad_from=grad_from)
 
 
-def test_context_blocks_stream_as_inference_and_only_the_window_takes_gradient(data):
+@pytest.mark.parametrize("schedule", [SCHEDULE, COMPRESSED], ids=["full", "compressed"])
+def test_context_blocks_stream_as_inference_and_only_the_window_takes_gradient(data, schedule):
     model = tiny_model(2)
-    x = _long_rollout(model, data, LONG, exit_step=0, grad_from=LONG - NUM_FRAMES)
+    x = _long_rollout(model, data, LONG, exit_step=0, grad_from=LONG - NUM_FRAMES, schedule=schedule)
     with torch.no_grad():
-        inference = _long_rollout(model, data, LONG, exit_step=None)
+        inference = _long_rollout(model, data, LONG, exit_step=None, schedule=schedule)
     context = LONG - NUM_FRAMES
     torch.testing.assert_close(x[:, :, :context].detach(), inference[:, :, :context], rtol=0, atol=0)
     assert not torch.equal(x[:, :, context:].detach(), inference[:, :, context:])   # exit at step 0
@@ -115,8 +117,9 @@ def test_window_conditions_are_a_clip_starting_at_the_windows_decoded_first_fram
     torch.testing.assert_close(cond.context, data.context[index], rtol=0, atol=0)
 
 
-def test_a_long_horizon_step_trains_the_student_and_the_critic_on_a_window(dirs, data, vae, tmp_path):
-    trainer = DMDTrainer(*dirs, data, tmp_path / "dmd", DMD, vae=vae)
+@pytest.mark.parametrize("schedule", [SCHEDULE, COMPRESSED], ids=["full", "compressed"])
+def test_a_long_horizon_step_trains_the_student_and_the_critic_on_a_window(dirs, data, vae, tmp_path, schedule):
+    trainer = DMDTrainer(*dirs, data, tmp_path / "dmd", replace(DMD, student=schedule), vae=vae)
     assert trainer.lengths == [6, 9, 12]
     student = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     critic = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
