@@ -1,8 +1,15 @@
 """The long-rollout report's statistics and bounds on hand-made frames."""
 import numpy as np
 import pytest
+import torch
 
-from lingbot_rt.world.long_rollout import BOUNDS, NO_FOLLOWING, drift, frame_statistics, long_rollout, within_bounds
+from lingbot_rt.world.long_rollout import (BOUNDS, drift, frame_statistics, ground_truth_minutes, long_rollout,
+                                          within_bounds)
+from lingbot_rt.world.evaluate import FPS, action_following
+from lingbot_rt.world.map import generate_map, spawn_pose
+from lingbot_rt.world.players import play
+from lingbot_rt.world.pose_probe import PoseProbe
+from lingbot_rt.world.renderer import Renderer
 from lingbot_rt.world.stream import world_intrinsics, world_stream_config
 from lingbot_rt.world.config import WorldConfig
 from lingbot_rt.model.controls import scale_intrinsics
@@ -51,12 +58,16 @@ def test_drift_separates_a_fade_from_scatter():
     assert drift(missing)["forward_direction_accuracy"] is None and drift(missing)["contrast"] is not None
 
 
-def test_ground_truth_checks_cover_the_frame_statistics_only():
-    truth_1 = {"mean_intensity": 0.40, "contrast": 0.1, "sharpness": 0.09}
-    brighter = truth_1 | {"mean_intensity": 0.47}          # the scenery alone: 1.175x
-    checks = within_bounds(brighter | NO_FOLLOWING, truth_1 | NO_FOLLOWING)
-    assert checks == {"mean_intensity": False, "contrast": True, "sharpness": True,
-                      "yaw_direction_accuracy": None, "forward_direction_accuracy": None}
+def test_ground_truth_minutes_are_the_world_rendered_along_the_session(tmp_path):
+    probe = PoseProbe().eval()
+    per_minute = ground_truth_minutes(probe, minutes=1, seed=3, height=32, width=32)
+    world = generate_map(7)
+    _, poses = play(world, spawn_pose(world, 0), 60 * FPS + 1, 3)
+    frames = Renderer(world).render(torch.from_numpy(poses[:60 * FPS]), world.config.intrinsics(32, 32), 32, 32).numpy()
+    expected = frame_statistics(frames) | action_following(probe, torch.from_numpy(frames)[None],
+                                                           torch.from_numpy(poses[:60 * FPS])[None])
+    assert per_minute == [expected]
+    assert 0 <= expected["forward_direction_accuracy"] <= 1 and expected["moving_steps"] > 0
 
 
 def test_world_stream_uses_the_world_camera():

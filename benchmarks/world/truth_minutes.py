@@ -1,0 +1,72 @@
+"""How much the world itself moves a long rollout's per-minute statistics: the ground truth
+rendered along the scripted sessions of many seeds (`long_rollout.ground_truth_minutes`), each
+minute's statistics against the seed's minute one, and their envelope over the seeds. A bound
+the truth leaves says nothing about a student's collapse. Resumes (one JSON line per seed).
+
+    python benchmarks/world/truth_minutes.py --probe out/dev2/probe.pt --seeds 0-49 \
+        --out benchmarks/results/world/truth_minutes_map7.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lingbot_rt.world.long_rollout import BOUNDS, ground_truth_minutes, within_bounds
+from lingbot_rt.world.pose_probe import PoseProbe
+
+
+def seed_range(text: str) -> list[int]:
+    first, _, last = text.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def against_minute_one(per_minute: list[dict]) -> dict:
+    """Each bounded statistic per minute as the bounds read it: a ratio to minute one for frame
+    statistics, a difference from minute one for action following."""
+    first = per_minute[0]
+    return {name: [m[name] / first[name] if isinstance(bound, tuple) else m[name] - first[name]
+                   for m in per_minute] for name, bound in BOUNDS.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--probe", required=True)
+    ap.add_argument("--seeds", default="0-49", help="a range of player seeds, e.g. 0-49")
+    ap.add_argument("--minutes", type=int, default=10)
+    ap.add_argument("--map-seed", type=int, default=7)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    probe = PoseProbe()
+    probe.load_state_dict(torch.load(args.probe, map_location="cpu"))
+    probe.eval()
+    partial = Path(args.out).with_suffix(".jsonl")
+    done = {r["seed"]: r for r in map(json.loads, partial.read_text().splitlines())} if partial.exists() else {}
+    for seed in tqdm(seed_range(args.seeds), desc="seeds", unit="seed"):
+        if seed not in done:
+            per_minute = ground_truth_minutes(probe, minutes=args.minutes, map_seed=args.map_seed, seed=seed)
+            done[seed] = {"seed": seed, "per_minute": per_minute}
+            with partial.open("a") as f:
+                f.write(json.dumps(done[seed]) + "\n")
+    seeds = [done[s] for s in seed_range(args.seeds)]
+    relative = {s["seed"]: against_minute_one(s["per_minute"]) for s in seeds}
+    envelope = {name: [round(float(np.min([v[name] for v in relative.values()])), 4),
+                       round(float(np.max([v[name] for v in relative.values()])), 4)] for name in BOUNDS}
+    outside = {s["seed"]: [f"{name}@{m + 1}" for m, minute in enumerate(s["per_minute"])
+                           for name, ok in within_bounds(minute, s["per_minute"][0]).items() if ok is False]
+               for s in seeds}
+    result = {"command": " ".join(sys.argv), "map_seed": args.map_seed, "minutes": args.minutes,
+              "bounds": BOUNDS, "envelope_against_minute_one": envelope,
+              "seeds_within_every_bound": sum(not v for v in outside.values()), "seeds": len(seeds),
+              "outside_bounds": {s: v for s, v in outside.items() if v}, "per_seed": seeds}
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("envelope_against_minute_one", "seeds_within_every_bound", "seeds")}))
+
+
+if __name__ == "__main__":
+    main()
