@@ -4,16 +4,15 @@
 # it is, with the compressed memory (the latest FULL window frames at full resolution, the sink
 # and the older frames pooled POOL, "rows, cols"); the same student fine-tuned for SEG_MIN
 # minutes by DMD streaming with the compressed memory (the shipped recipe: data loss 1.5,
-# guidance 5, lr 5e-5, EMA 0.9, a fresh critic), evaluated, exported with its matrices in each
-# format of ROWS (default fp8; `world export --student-rows`) and each export evaluated; then
-# 10-minute rollouts of the first export on SEEDS until the call's time (LIMIT seconds) runs out
-# (ROLL=0: none). BASELINES=0 skips the shipped student's evaluations. STUDENT=<an exported
+# guidance 5, lr 5e-5, EMA 0.9, a fresh critic), evaluated, exported (FP8 matrices) and the
+# export evaluated; then 10-minute rollouts of the export on SEEDS until the call's time (LIMIT
+# seconds) runs out (ROLL=0: none). BASELINES=0 skips the shipped student's evaluations. STUDENT=<an exported
 # student> skips those and the DMD, and evaluates and rolls out that one (`memory_student`).
 #   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/compressed_memory_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${OUT:?where the archives go}; PROBE=${PROBE:?a pose probe}
-FULL=${FULL:-3}; POOL=${POOL:-2, 2}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}; ROLL=${ROLL:-1}; ROWS=${ROWS:-fp8}
+FULL=${FULL:-3}; POOL=${POOL:-2, 2}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}; ROLL=${ROLL:-1}
 START=${START:-lingbot_rt/world/weights/student}
 mkdir -p "$ROOT"
 cp "$PROBE" "$ROOT/probe.pt"
@@ -36,14 +35,12 @@ else
         bash benchmarks/distill/dmd_segments.sh
     wait
     evaluate memory_dmd --student "$ROOT/dmd_cm/student" --schedule "$ROOT/schedule.yaml" &
-    for rows in $ROWS; do
-        $world export --student "$ROOT/dmd_cm/student" --student-rows "$rows" --out "$ROOT/export_$rows" > /dev/null
-        tar -C "$ROOT/export_$rows" -cf "$OUT/student_cm_$rows.tar" student
-        evaluate "memory_student_$rows" --student "$ROOT/export_$rows/student" --schedule "$ROOT/schedule.yaml" &
-    done
+    $world export --student "$ROOT/dmd_cm/student" --out "$ROOT/export_cm" > /dev/null
+    tar -C "$ROOT/export_cm" -cf "$OUT/student_cm.tar" student
+    evaluate memory_student --student "$ROOT/export_cm/student" --schedule "$ROOT/schedule.yaml"
     wait
-    stamp "exports evaluated at ${SECONDS}s"
-    rolled="$ROOT/export_${ROWS%% *}/student"
+    stamp "export evaluated at ${SECONDS}s"
+    rolled="$ROOT/export_cm/student"
 fi
 [ "$ROLL" = 0 ] || ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="cm=$rolled:$ROOT/schedule.yaml" \
     PROBE="$ROOT/probe.pt" bash benchmarks/distill/long_rollouts.sh || true

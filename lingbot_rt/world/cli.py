@@ -132,7 +132,7 @@ def cmd_long_rollout(args) -> int:
 def cmd_export(args) -> int:
     from .shipped import SHIPPED_DIR, export_world_weights
     out = export_world_weights(args.out or SHIPPED_DIR, vae_dir=args.vae, teacher_dir=args.teacher,
-                               student_dir=args.student, decoder_dir=args.decoder, student_rows=args.student_rows)
+                               student_dir=args.student, decoder_dir=args.decoder)
     print(f"world weights written to {out}")
     return 0
 
@@ -157,8 +157,6 @@ def _add_run_arguments(p: argparse.ArgumentParser, batch_size: int, steps: int, 
 
 def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the world subcommands to `parser`; returns it."""
-    from ..model.checkpoint import ROW_FORMATS
-    from .shipped import STUDENT_ROWS
     sub = parser.add_subparsers(dest="world_command", required=True)
     p = sub.add_parser("gen-data", help="render training clips of the built-in world (LingBot input format)")
     p.add_argument("--out", required=True, help="dataset directory (created; an existing one is resumed)")
@@ -237,9 +235,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a trained VAE, teacher, student or tiny decoder in the shipped layout")
     p.add_argument("--vae", help="a train-vae run directory (stored in bf16)")
     p.add_argument("--teacher", help="a model directory (a train-teacher run's teacher/; stored in bf16)")
-    p.add_argument("--student", help="a distillation run's student/ (stored with row-quantized matrices)")
-    p.add_argument("--student-rows", choices=sorted(ROW_FORMATS), default=STUDENT_ROWS,
-                   help="the student's matrix storage (default: %(default)s)")
+    p.add_argument("--student", help="a distillation run's student/ (stored with FP8 matrices)")
     p.add_argument("--decoder", help="a train-decoder run directory (stored in bf16)")
     p.add_argument("--out", help="output directory (default: the package's shipped weights)")
     p.set_defaults(func=cmd_export)

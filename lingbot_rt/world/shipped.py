@@ -5,7 +5,7 @@ Layout (what `lingbot-rt world export` writes, readable by the world commands as
     weights/vae.safetensors, vae_config.json       the VAE (bf16 weights; a train-vae directory)
     weights/teacher/                               the bidirectional teacher (a model directory, bf16)
     weights/student/                               the distilled 4-step student (FP8 matrices, per-row
-                                                   scales: `checkpoint.quantize_rows`)
+                                                   scales: `checkpoint.quantize_rows_fp8`)
     weights/decoder/                               the tiny streaming decoder distilled from the VAE's
                                                    (bf16; `model/tiny_decoder.py`), what the world streams with
     weights/MODEL_CARD.md                          how they were made and what they score
@@ -29,16 +29,14 @@ from .train_vae import VAE_CONFIG, VAE_WEIGHTS, load_trained_vae
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 DECODER_DIR = "decoder"
-STUDENT_ROWS = "fp8"          # the shipped student's matrices: `checkpoint.ROW_FORMATS`
 
 
 def export_world_weights(out_dir: str | Path = SHIPPED_DIR, *, vae_dir: str | Path | None = None,
                          teacher_dir: str | Path | None = None, student_dir: str | Path | None = None,
-                         decoder_dir: str | Path | None = None, student_rows: str = STUDENT_ROWS) -> Path:
+                         decoder_dir: str | Path | None = None) -> Path:
     """Write the given parts in the shipped layout: a trained VAE (a train-vae directory), the
     teacher and the tiny decoder (a train-decoder directory) in bf16, the student (a
-    distillation run's student/) with its matrices row-quantized (`student_rows`: "fp8" or
-    "int8"). Returns `out_dir`."""
+    distillation run's student/) with FP8 matrices. Returns `out_dir`."""
     if vae_dir is None and teacher_dir is None and student_dir is None and decoder_dir is None:
         raise ValueError("nothing to export: give a VAE, a teacher, a student or a decoder directory")
     out = Path(out_dir)
@@ -51,7 +49,7 @@ def export_world_weights(out_dir: str | Path = SHIPPED_DIR, *, vae_dir: str | Pa
         save_model(load_model(teacher_dir, dtype=torch.bfloat16), out / TEACHER_DIR, class_name="WanModel")
     if student_dir is not None:
         save_model(load_model(student_dir, dtype=torch.float32), out / STUDENT_DIR, class_name="WanModelFast",
-                   rows=student_rows)
+                   fp8_rows=True)
         save_student_schedule(student_schedule(student_dir), out / STUDENT_DIR)
     if decoder_dir is not None:
         save_tiny_decoder(load_tiny_decoder(decoder_dir, dtype=torch.bfloat16), out / DECODER_DIR)

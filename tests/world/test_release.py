@@ -7,12 +7,12 @@ import torch
 
 from lingbot_rt.cli import main
 from lingbot_rt.distillation.config import student_schedule
-from lingbot_rt.model.checkpoint import ROW_FORMATS, CheckpointError, load_model
+from lingbot_rt.model.checkpoint import CheckpointError, load_model
 from lingbot_rt.model.config import model_config
 from lingbot_rt.pipeline import StreamingInference
 from lingbot_rt.pipeline.release import MANIFEST_FILE, release_stream_config
 from lingbot_rt.world.release import DEFAULT_RELEASE, SOURCE_FILE, ensure_default_release, make_world_release
-from lingbot_rt.world.shipped import SHIPPED_DIR, STUDENT_ROWS, shipped_student_dir
+from lingbot_rt.world.shipped import SHIPPED_DIR, shipped_student_dir
 from lingbot_rt.world.stream import world_stream_config, world_streaming
 
 
@@ -21,13 +21,13 @@ def release(tmp_path_factory):
     return make_world_release(tmp_path_factory.mktemp("release") / "world")
 
 
-def test_shipped_student_is_the_world_model_with_row_quantized_matrices():
+def test_shipped_student_is_the_world_model_with_fp8_matrices():
     from safetensors import safe_open
     student = load_model(shipped_student_dir(), dtype=torch.float32)
     assert student.cfg == model_config("world") and student.cfg.control_type == "cam"
     assert all(torch.isfinite(p).all() for p in student.parameters())
     with safe_open(shipped_student_dir() / "diffusion_pytorch_model.safetensors", "pt") as f:
-        assert f.get_slice("blocks.0.self_attn.q.weight").get_dtype() == ROW_FORMATS[STUDENT_ROWS].stored
+        assert f.get_slice("blocks.0.self_attn.q.weight").get_dtype() == "F8_E4M3"
     # it was distilled to stream with a compressed memory (`weights/MODEL_CARD.md`), and records it
     cache = student_schedule(shipped_student_dir()).cache()
     assert (cache.sink_frames, cache.window_frames, cache.recent_frames, cache.memory_pool) == (3, 15, 3, (2, 2))

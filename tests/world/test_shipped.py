@@ -80,17 +80,3 @@ def test_export_keeps_the_student_schedule(tmp_path):
     save_student_schedule(schedule, tmp_path / "student")
     out = export_world_weights(tmp_path / "out", student_dir=tmp_path / "student")
     assert student_schedule(out / "student") == schedule
-
-
-@pytest.mark.parametrize("rows", ["fp8", "int8"])
-def test_export_stores_the_student_matrices_in_the_format_asked(tmp_path, rows):
-    from safetensors import safe_open
-
-    from lingbot_rt.cli import main
-    from lingbot_rt.model.checkpoint import ROW_FORMATS
-    save_model(CausalWanModel(model_config("world")), tmp_path / "student")
-    assert main(["world", "export", "--student", str(tmp_path / "student"), "--student-rows", rows,
-                 "--out", str(tmp_path / "out")]) == 0
-    with safe_open(tmp_path / "out" / "student" / "diffusion_pytorch_model.safetensors", "pt") as f:
-        assert f.get_slice("blocks.0.ffn.0.weight").get_dtype() == ROW_FORMATS[rows].stored
-    assert load_model(tmp_path / "out" / "student", dtype=torch.float32).cfg == model_config("world")
