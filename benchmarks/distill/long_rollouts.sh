@@ -34,9 +34,12 @@ name, paths = sys.argv[1], sys.argv[2:]
 for path in paths:
     r = json.load(open(path))
     misses = [f"{k}@{m['minute']}" for m in r["per_minute"] for k, ok in m["within_bounds"].items() if ok is False]
+    fixed = [f"{k}@{m['minute']}" for m in r["per_minute"] for k, ok in m["within_fixed_bounds"].items() if ok is False]
     contrast = [m["contrast"] / r["per_minute"][0]["contrast"] for m in r["per_minute"]]
-    print(f"{name} seed {r['seed']}: all within bounds {r['all_within_bounds']}; contrast x minute one "
-          f"{min(contrast):.2f}-{max(contrast):.2f}; misses {' '.join(misses) or '-'}")
+    print(f"{name} seed {r['seed']}: all within bounds {r['all_within_bounds']} (fixed bounds "
+          f"{r['all_within_fixed_bounds']}, the truth {r['ground_truth_all_within_fixed_bounds']}); contrast x minute "
+          f"one {min(contrast):.2f}-{max(contrast):.2f}; misses {' '.join(misses) or '-'}; of the fixed bounds "
+          f"{' '.join(fixed) or '-'}")
 PY
 done
 stamp done

@@ -13,14 +13,21 @@ Per minute of generated video:
 Bounds, each relative to minute one (a collapse shows as drift to grey or saturated colour,
 blur, or frozen motion): mean intensity within +-15%, contrast and sharpness within x0.7 to
 x1.3, yaw direction accuracy at least minute one's minus 0.10, forward direction accuracy at
-least minute one's minus 0.15. The report states per minute which hold.
+least minute one's minus 0.15 (`BOUNDS`, the fixed bounds).
 
-The world itself changes from minute to minute, so each minute also carries the frame
-statistics of the ground truth rendered at the same poses and the same checks on them
-(`ground_truth_within_bounds`): how far the scenery alone moves the statistics (on map 7 the
-truth's mean intensity reaches 1.16x its minute one). The student does not render the truth
-(past its window it invents the scenery), so its statistics are bounded against its own
-minute one, not divided by the truth's.
+The world itself changes from minute to minute, so each minute also carries the statistics of
+the ground truth rendered at the same poses, with the probe's action following on it
+(`ground_truth`). The world leaves the fixed bounds: over seeds 0-19 of map 7 the truth is
+outside them in 15 seeds (its mean intensity reaches 1.2x minute one where the keys look at
+more sky; the probe's forward accuracy on the true frames spans 0.60-1.00 from minute to minute
+with the motions the keys command; `benchmarks/results/world/truth_minutes_map7.json`). A bound
+the world fails does not detect a collapse, so each minute's bound is widened by as far as the
+truth moved from its own minute one at the same poses (`within_bounds`): a ratio bound
+(lo, hi) becomes (lo * min(1, r), hi * max(1, r)) for the truth's ratio r, a difference bound b
+becomes b + min(0, d) for the truth's difference d. The world always passes these; a student
+passes them when it moves no further than the fixed bounds beyond where the world moves. The
+report states per minute which hold (`within_bounds`), and the fixed ones for the student and
+the truth (`within_fixed_bounds`, `ground_truth_within_fixed_bounds`).
 
 Minute one is itself one noisy sample, so the report also fits a line through each
 statistic's minutes (`drift`): the change over the run it implies, relative to the mean for
@@ -78,17 +85,38 @@ def drift(per_minute: list[dict]) -> dict:
     return out
 
 
-def within_bounds(minute: dict, first: dict) -> dict:
+def within_bounds(minute: dict, first: dict, truth: dict | None = None, truth_first: dict | None = None) -> dict:
+    """Which of `BOUNDS` a minute's statistics keep against minute one's: True / False, None
+    where a statistic is missing. Given the ground truth's same minute and minute one, each
+    bound is widened by as far as the truth moved (the module's docstring)."""
     checks = {}
     for name, bound in BOUNDS.items():
-        value, reference = minute[name], first[name]
+        value, reference = minute.get(name), first.get(name)
+        known = truth is not None and truth.get(name) is not None and truth_first.get(name) is not None
         if value is None or reference is None:
             checks[name] = None
         elif isinstance(bound, tuple):
-            checks[name] = bound[0] <= value / reference <= bound[1]
+            moved = truth[name] / truth_first[name] if known else 1.0
+            checks[name] = bound[0] * min(1.0, moved) <= value / reference <= bound[1] * max(1.0, moved)
         else:
-            checks[name] = value >= reference + bound
+            moved = truth[name] - truth_first[name] if known else 0.0
+            checks[name] = value >= reference + bound + min(0.0, moved)
     return checks
+
+
+def score_minutes(per_minute: list[dict]) -> dict:
+    """Check every minute of a report against minute one (in place: `within_bounds`,
+    `within_fixed_bounds`, `ground_truth_within_fixed_bounds`); returns whether all hold."""
+    first = per_minute[0]
+    for minute in per_minute:
+        truth, truth_first = minute.get("ground_truth"), first.get("ground_truth")
+        minute["within_bounds"] = within_bounds(minute, first, truth, truth_first)
+        minute["within_fixed_bounds"] = within_bounds(minute, first)
+        if truth is not None:
+            minute["ground_truth_within_fixed_bounds"] = within_bounds(truth, truth_first)
+    holds = lambda key: all(v is not False for m in per_minute for v in m.get(key, {}).values())  # noqa: E731
+    return {"all_within_bounds": holds("within_bounds"), "all_within_fixed_bounds": holds("within_fixed_bounds"),
+            "ground_truth_all_within_fixed_bounds": holds("ground_truth_within_fixed_bounds")}
 
 
 def minute_statistics(frames: np.ndarray, poses: np.ndarray, probe: PoseProbe) -> dict:
@@ -156,17 +184,10 @@ def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: flo
             bar.update(len(block.frames))
             if sum(len(f) for f in frames) >= frames_per_minute:
                 close_minute()
-    first = per_minute[0]
-    for minute in per_minute:
-        minute["within_bounds"] = within_bounds(minute, first)
-        minute["ground_truth_within_bounds"] = within_bounds(minute["ground_truth"], first["ground_truth"])
     report = {"minutes": len(per_minute), "frames": num_frames, "fps": FPS, "map_seed": map_seed, "seed": seed,
               "resolution": [height, width], "bounds": {k: list(v) if isinstance(v, tuple) else v
                                                         for k, v in BOUNDS.items()},
-              "all_within_bounds": all(v is not False for m in per_minute for v in m["within_bounds"].values()),
-              "ground_truth_all_within_bounds": all(v is not False for m in per_minute
-                                                    for v in m["ground_truth_within_bounds"].values()),
-              "drift": drift(per_minute), "per_minute": per_minute}
+              **score_minutes(per_minute), "drift": drift(per_minute), "per_minute": per_minute}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

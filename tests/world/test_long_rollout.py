@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lingbot_rt.world.long_rollout import (BOUNDS, drift, frame_statistics, ground_truth_minutes, long_rollout,
-                                          within_bounds)
+                                          score_minutes, within_bounds)
 from lingbot_rt.world.evaluate import FPS, action_following
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.players import play
@@ -36,6 +36,38 @@ def test_within_bounds_flags_drift_blur_and_lost_control():
     assert checks == {"mean_intensity": False, "contrast": True, "sharpness": False,
                       "yaw_direction_accuracy": False, "forward_direction_accuracy": None}
     assert set(checks) == set(BOUNDS)
+
+
+def test_bounds_widen_by_as_far_as_the_world_moved_at_the_same_poses():
+    first = {"mean_intensity": 0.5, "contrast": 0.2, "sharpness": 0.1, "yaw_direction_accuracy": 0.95,
+             "forward_direction_accuracy": 0.9}
+    truth_first = first | {"mean_intensity": 0.4, "forward_direction_accuracy": 0.8}
+    truth = truth_first | {"mean_intensity": 0.48, "forward_direction_accuracy": 0.6}    # 1.2x, -0.2
+    brighter = first | {"mean_intensity": 0.65, "forward_direction_accuracy": 0.6}       # 1.3x, -0.3
+    assert within_bounds(brighter, first)["mean_intensity"] is False                     # the fixed bounds
+    widened = within_bounds(brighter, first, truth, truth_first)
+    assert widened["mean_intensity"] is True and widened["forward_direction_accuracy"] is True   # 1.3 <= 1.15 * 1.2
+    assert within_bounds(first | {"mean_intensity": 0.7}, first, truth, truth_first)["mean_intensity"] is False
+    assert within_bounds(first | {"forward_direction_accuracy": 0.5}, first, truth,
+                         truth_first)["forward_direction_accuracy"] is False            # -0.4 < -0.15 - 0.2
+    # the world moving the other way widens nothing on this side; a missing truth statistic widens nothing
+    darker_truth = truth_first | {"mean_intensity": 0.3}
+    assert within_bounds(brighter, first, darker_truth, truth_first)["mean_intensity"] is False
+    assert within_bounds(brighter, first, {}, {})["mean_intensity"] is False
+
+
+def test_the_truth_keeps_its_widened_bounds_and_the_report_states_both():
+    rng = np.random.default_rng(0)
+    per_minute = []
+    for i in range(10):
+        truth = {"mean_intensity": rng.uniform(0.3, 0.6), "contrast": rng.uniform(0.05, 0.2),
+                 "sharpness": rng.uniform(0.05, 0.1), "yaw_direction_accuracy": rng.uniform(0.6, 1.0),
+                 "forward_direction_accuracy": rng.uniform(0.5, 1.0)}
+        per_minute.append({"minute": i + 1, **truth, "ground_truth": dict(truth)})
+    summary = score_minutes(per_minute)
+    assert summary["all_within_bounds"] and all(all(m["within_bounds"].values()) for m in per_minute)
+    assert not summary["all_within_fixed_bounds"] and not summary["ground_truth_all_within_fixed_bounds"]
+    assert [m["within_fixed_bounds"] for m in per_minute] == [m["ground_truth_within_fixed_bounds"] for m in per_minute]
 
 
 def minutes(contrast, forward):
