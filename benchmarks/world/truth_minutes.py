@@ -1,7 +1,8 @@
 """How much the world itself moves a long rollout's per-minute statistics: the ground truth
 rendered along the scripted sessions of many seeds (`long_rollout.ground_truth_minutes`), each
 minute's statistics against the seed's minute one, and their envelope over the seeds. A bound
-the truth leaves says nothing about a student's collapse. Resumes (one JSON line per seed).
+the truth leaves says nothing about a student's collapse. Resumes (one JSON line per seed in
+<out>.jsonl until the result is written).
 
     python benchmarks/world/truth_minutes.py --probe out/dev2/probe.pt --seeds 0-49 \
         --out benchmarks/results/world/truth_minutes_map7.json
@@ -65,6 +66,7 @@ def main() -> None:
               "seeds_within_every_bound": sum(not v for v in outside.values()), "seeds": len(seeds),
               "outside_bounds": {s: v for s, v in outside.items() if v}, "per_seed": seeds}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    partial.unlink()
     print(json.dumps({k: result[k] for k in ("envelope_against_minute_one", "seeds_within_every_bound", "seeds")}))
 
 
