@@ -8,7 +8,8 @@
 # the runs (default "lh ctl"; `lt`: windows anchored on the true frames, which needs training
 # clips of LONG latent frames: TRAIN_FRAMES=$((4 * LONG + 1))), START the student they start
 # from, ROLL=0 skips the rollouts (then `long_rollouts.sh` in a call of its own), EVAL=0 the
-# held-out evaluations.
+# held-out evaluations; FULL (and POOL, default "2, 2") trains and evaluates with a compressed
+# memory (`StudentSchedule.full_frames`, `memory_pool`).
 #   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -17,9 +18,10 @@ LONG=${LONG:-63}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}; NAMES=${NAMES:-lh 
 START=${START:-lingbot_rt/world/weights/student}
 mkdir -p "$ROOT"
 cp "$PROBE" "$ROOT/probe.pt"
-printf "$DMD_RECIPE" > "$ROOT/dmd.yaml"
-printf "${DMD_RECIPE}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
-printf "${DMD_RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
+RECIPE="${DMD_RECIPE}${FULL:+  full_frames: $FULL\n  memory_pool: [${POOL:-2, 2}]\n}"
+printf "$RECIPE" > "$ROOT/dmd.yaml"
+printf "${RECIPE}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
+printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
 declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml" [lt]="$ROOT/dmd_lt.yaml")
 runs=""; students=""
 for name in $NAMES; do
