@@ -39,7 +39,7 @@ def with_truth_following(report: dict, truth: dict[int, list[dict]], path: str) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("sets", nargs="+", help="name=glob of long_rollout.json reports")
+    ap.add_argument("sets", nargs="+", help="name=glob[,glob...] of long_rollout.json reports")
     ap.add_argument("--truth", required=True, help="a truth_minutes.py result of the reports' map")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -48,7 +48,7 @@ def main() -> None:
     result = {"command": " ".join(sys.argv), "sets": {}}
     for entry in args.sets:
         name, _, pattern = entry.partition("=")
-        paths = sorted(glob.glob(pattern))
+        paths = sorted(path for part in pattern.split(",") for path in glob.glob(part))
         if not paths:
             raise SystemExit(f"{name}: no report matches {pattern}")
         rows = []
