@@ -17,10 +17,10 @@ least minute one's minus 0.15 (`BOUNDS`, the fixed bounds).
 
 The world itself changes from minute to minute, so each minute also carries the statistics of
 the ground truth rendered at the same poses, with the probe's action following on it
-(`ground_truth`). The world leaves the fixed bounds: over seeds 0-19 of map 7 the truth is
-outside them in 15 seeds (its mean intensity reaches 1.2x minute one where the keys look at
-more sky; the probe's forward accuracy on the true frames spans 0.60-1.00 from minute to minute
-with the motions the keys command; `benchmarks/results/world/truth_minutes_map7.json`). A bound
+(`ground_truth`). The world leaves the fixed bounds: over seeds 0-49 of map 7 the truth is
+outside them in 37 seeds (its mean intensity spans 0.75-1.37x minute one as the keys look at
+more or less sky; the probe's forward accuracy on the true frames moves from -0.39 to +0.35
+against minute one with the motions the keys command; `benchmarks/results/world/truth_minutes_map7.json`). A bound
 the world fails does not detect a collapse, so each minute's bound is widened by as far as the
 truth moved from its own minute one at the same poses (`within_bounds`): a ratio bound
 (lo, hi) becomes (lo * min(1, r), hi * max(1, r)) for the truth's ratio r, a difference bound b
