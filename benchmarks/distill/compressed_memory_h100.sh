@@ -6,8 +6,9 @@
 # minutes by DMD streaming with the compressed memory (the shipped recipe: data loss 1.5,
 # guidance 5, lr 5e-5, EMA 0.9, a fresh critic), evaluated, exported (FP8 matrices) and the
 # export evaluated; then 10-minute rollouts of the export on SEEDS until the call's time (LIMIT
-# seconds) runs out (ROLL=0: none). BASELINES=0 skips the shipped student's evaluations. STUDENT=<an exported
-# student> skips those and the DMD, and evaluates and rolls out that one (`memory_student`).
+# seconds) runs out (ROLL=0: none). BASELINES=0 skips the shipped student's evaluations.
+# STUDENT=<an exported student> skips those and the DMD, and evaluates and rolls out that one
+# (`memory_student`).
 #   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/compressed_memory_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"

@@ -27,7 +27,7 @@ for entry in $STUDENTS; do
     name=${entry%%=*}
     reports=("$ROOT"/rollout_"$name"_s*/long_rollout.json)
     [ -f "${reports[0]}" ] || { stamp "$name: no finished rollout"; continue; }
-    python benchmarks/world/long_rollout_drift.py "${reports[@]}" --out "$ROOT/drift_$name.json" > /dev/null
+    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} python benchmarks/world/long_rollout_drift.py "${reports[@]}" --out "$ROOT/drift_$name.json" > /dev/null
     python - "$name" "${reports[@]}" <<'PY'
 import json, sys
 name, paths = sys.argv[1], sys.argv[2:]
