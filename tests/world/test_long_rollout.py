@@ -112,3 +112,21 @@ def test_world_stream_uses_the_world_camera():
 def test_a_rollout_shorter_than_a_minute_is_refused():
     with pytest.raises(ValueError, match="minutes must be >= 1, got 0.5"):
         long_rollout(None, None, minutes=0.5)
+
+
+def test_a_minute_of_the_shipped_student_is_reported_beside_the_world_at_its_poses(tmp_path):
+    """One minute (961 frames) through the serving pipeline: the report's ground truth is the
+    world rendered along the same scripted keys (`ground_truth_minutes`), minute one keeps its
+    own bounds, and the report and the minutes' thumbnails are written."""
+    from lingbot_rt.world.shipped import shipped_student_dir
+    from lingbot_rt.world.stream import world_streaming
+    torch.manual_seed(0)
+    probe = PoseProbe().eval()
+    report = long_rollout(world_streaming(shipped_student_dir()), probe, minutes=1, seed=5, out_dir=tmp_path,
+                          progress=False)
+    (minute,) = report["per_minute"]
+    assert minute["ground_truth"] == ground_truth_minutes(probe, minutes=1, seed=5)[0]
+    assert minute["moving_steps"] == minute["ground_truth"]["moving_steps"] > 0       # the same commanded motion
+    assert all(minute["within_bounds"].values()) and report["all_within_bounds"] and report["frames"] == 961
+    assert minute["mean_intensity"] != minute["ground_truth"]["mean_intensity"]       # the student's own frames
+    assert (tmp_path / "long_rollout.json").is_file() and (tmp_path / "long_rollout_minutes.png").is_file()
