@@ -21,11 +21,11 @@ from lingbot_rt.world.long_rollout import score_minutes
 FRAME_STATISTICS = ("mean_intensity", "contrast", "sharpness")
 
 
-def with_truth_following(report: dict, truth: dict[int, list[dict]], path: str) -> dict:
+def with_truth_following(report: dict, truth: dict[int, list[dict]], path: str) -> list[dict]:
     """The report's minutes, each ground truth completed from `truth` (the seed's minutes)."""
     minutes = [dict(m) for m in report["per_minute"]]
     if all("forward_direction_accuracy" in m.get("ground_truth", {}) for m in minutes):
-        return {"per_minute": minutes}
+        return minutes
     if report["seed"] not in truth:
         raise SystemExit(f"{path}: no truth minutes for seed {report['seed']} (run truth_minutes.py with it)")
     for minute, true in zip(minutes, truth[report["seed"]]):
@@ -34,7 +34,12 @@ def with_truth_following(report: dict, truth: dict[int, list[dict]], path: str) 
             raise SystemExit(f"{path}: minute {minute['minute']}'s ground truth is not the truth file's "
                              f"({ {k: stored[k] for k in FRAME_STATISTICS} } vs { {k: true[k] for k in FRAME_STATISTICS} })")
         minute["ground_truth"] = true
-    return {"per_minute": minutes}
+    return minutes
+
+
+def misses(minutes: list[dict], key: str) -> list[str]:
+    """`statistic@minute` for every check under `key` that a minute fails."""
+    return [f"{k}@{m['minute']}" for m in minutes for k, ok in m[key].items() if ok is False]
 
 
 def main() -> None:
@@ -56,16 +61,15 @@ def main() -> None:
             report = json.loads(Path(path).read_text())
             if report["map_seed"] != truth_file["map_seed"]:
                 raise SystemExit(f"{path}: map {report['map_seed']}, the truth file's is {truth_file['map_seed']}")
-            minutes = with_truth_following(report, truth, path)["per_minute"]
+            minutes = with_truth_following(report, truth, path)
             summary = score_minutes(minutes)
-            misses = lambda key: [f"{k}@{m['minute']}" for m in minutes for k, ok in m[key].items() if ok is False]  # noqa: E731
-            rows.append({"report": path, "seed": report["seed"], **summary, "misses": misses("within_bounds"),
-                         "fixed_bound_misses": misses("within_fixed_bounds"),
-                         "truth_fixed_bound_misses": misses("ground_truth_within_fixed_bounds")})
-        count = lambda key: sum(r[key] for r in rows)  # noqa: E731
-        result["sets"][name] = {"seeds": len(rows), "within_every_bound": count("all_within_bounds"),
-                                "within_every_fixed_bound": count("all_within_fixed_bounds"),
-                                "truth_within_every_fixed_bound": count("ground_truth_all_within_fixed_bounds"),
+            rows.append({"report": path, "seed": report["seed"], **summary, "misses": misses(minutes, "within_bounds"),
+                         "fixed_bound_misses": misses(minutes, "within_fixed_bounds"),
+                         "truth_fixed_bound_misses": misses(minutes, "ground_truth_within_fixed_bounds")})
+        counts = {key: sum(r[key] for r in rows) for key in summary}
+        result["sets"][name] = {"seeds": len(rows), "within_every_bound": counts["all_within_bounds"],
+                                "within_every_fixed_bound": counts["all_within_fixed_bounds"],
+                                "truth_within_every_fixed_bound": counts["ground_truth_all_within_fixed_bounds"],
                                 "minutes_with_a_miss": sum(len({m.split("@")[1] for m in r["misses"]}) for r in rows),
                                 "reports": rows}
         s = result["sets"][name]

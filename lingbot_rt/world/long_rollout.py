@@ -114,7 +114,10 @@ def score_minutes(per_minute: list[dict]) -> dict:
         minute["within_fixed_bounds"] = within_bounds(minute, first)
         if truth is not None:
             minute["ground_truth_within_fixed_bounds"] = within_bounds(truth, truth_first)
-    holds = lambda key: all(v is not False for m in per_minute for v in m.get(key, {}).values())  # noqa: E731
+
+    def holds(key: str) -> bool:
+        return all(v is not False for m in per_minute for v in m.get(key, {}).values())
+
     return {"all_within_bounds": holds("within_bounds"), "all_within_fixed_bounds": holds("within_fixed_bounds"),
             "ground_truth_all_within_fixed_bounds": holds("ground_truth_within_fixed_bounds")}
 
