@@ -5,13 +5,12 @@
 #   2. meanwhile, off the serving GPU's clock: a random wan-1.3b release at 480x832 is written, the
 #      shipped student's 10-minute long rollout and its held-out evaluation run;
 #   3. `lingbot-rt serve` with the wan-1.3b release ($WAN_FLAGS): a ramp 1, 2 players.
-# Needs the gRPC/aiohttp/matplotlib wheels the device's torch environment lacks, and a pose probe:
-#   bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && PROBE=out/dev2/probe.pt bash benchmarks/serving_h100.sh
-# (PARTS="wan": the wan-1.3b ramp alone, no probe needed)
-# (.devlean/: bash benchmarks/device_lean_bundle.sh; the probe: an eval run's probe.pt)
+# Needs the gRPC/aiohttp/matplotlib wheels the device's torch environment lacks:
+#   bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/serving_h100.sh
+# (.devlean/: bash benchmarks/device_lean_bundle.sh; PROBE: the pose probe, by default the committed one)
 # (DUR, RAMP, RAMP_DUR, ROLL_MIN, WAN, WAN_SIZE shrink it for a CPU smoke run; PARTS picks the parts.)
 set -u
-OUT=${OUT:-benchmarks/results/serving_h100}; PROBE=${PROBE:-}
+OUT=${OUT:-benchmarks/results/serving_h100}; PROBE=${PROBE:-benchmarks/results/world/pose_probe.safetensors}
 DUR=${DUR:-30s}; RAMP=${RAMP:-1..32x2}; RAMP_DUR=${RAMP_DUR:-20s}; ROLL_MIN=${ROLL_MIN:-10}
 WAN=${WAN:-wan-1.3b}; WAN_SIZE=${WAN_SIZE:-480x832}; DEVICE=${DEVICE:-cuda}
 WAN_FLAGS=${WAN_FLAGS:---commit last_step --compile default --fused-qkv}   # the results at d15782b: --commit last_step only
@@ -63,15 +62,12 @@ make_tiny_checkpoint("runs/wan", config=name, num_shards=1, dtype=torch.bfloat16
 PY
 RELEASE=$!
 if part eval; then
-: "${PROBE:?the eval part needs a pose probe, the probe.pt of an eval run}"
 $world long-rollout --student lingbot_rt/world/weights/student --probe "$PROBE" --minutes "$ROLL_MIN" --device "$DEVICE" --out "$OUT/long_rollout_10min" \
     > "$OUT/long_rollout.log" 2>&1 &
 ROLLOUT=$!
 $world gen-data --out runs/heldout --clips 32 --frames 81 --height 128 --width 128 --seed 1 --workers 8 --quiet
-mkdir -p "$OUT/eval_shipped_student" && cp "$PROBE" "$OUT/eval_shipped_student/probe.pt"
 $world eval --data runs/heldout --vae lingbot_rt/world/weights --student lingbot_rt/world/weights/student \
-    --probe-data runs/heldout --clips 32 --out "$OUT/eval_shipped_student" --device "$DEVICE" > /dev/null 2>&1
-rm -f "$OUT/eval_shipped_student/probe.pt"
+    --probe "$PROBE" --clips 32 --out "$OUT/eval_shipped_student" --device "$DEVICE" > /dev/null 2>&1
 wait $ROLLOUT
 python -c "import json, sys; r = json.load(open(sys.argv[1])); print('long rollout:', r['frames'], 'frames,', \
 'all within bounds:', r['all_within_bounds'])" "$OUT/long_rollout_10min/long_rollout.json"

@@ -1,6 +1,7 @@
 # Shared by the distillation scripts: settings and the evaluation of a model on held-out clips.
 ROOT=${ROOT:-runs/distill}; DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-14}; FRAMES=81; SIZE=128
-EVAL_CLIPS=${EVAL_CLIPS:-32}; PROBE_CLIPS=${PROBE_CLIPS:-300}; PROBE_STEPS=${PROBE_STEPS:-1500}
+EVAL_CLIPS=${EVAL_CLIPS:-32}
+PROBE=${PROBE:-benchmarks/results/world/pose_probe.safetensors}   # the pose probe every evaluation scores with
 WEIGHTS=lingbot_rt/world/weights; TEACHER=$WEIGHTS/teacher
 world="python -m lingbot_rt.world.cli"; distill="python -m lingbot_rt.distillation.cli"
 stamp() { echo "== $(date +%T) $*"; }
@@ -16,11 +17,8 @@ gen_data() {   # gen_data <clips> <heldout clips>: training clips (TRAIN_FRAMES 
 
 evaluate() {   # evaluate <name> --teacher DIR | --student DIR: eval_<name>/eval.json and a one-line summary
     local name=$1; shift
-    mkdir -p "$ROOT/eval_$name"
-    [ -f "$ROOT/eval_$name/probe.pt" ] || [ ! -f "$ROOT/probe.pt" ] || cp "$ROOT/probe.pt" "$ROOT/eval_$name/"
-    $world eval --data "$ROOT/heldout" --vae "$WEIGHTS" "$@" --probe-data "$ROOT/data" --probe-clips $PROBE_CLIPS \
-        --probe-steps $PROBE_STEPS --clips $EVAL_CLIPS --out "$ROOT/eval_$name" --device "$DEVICE" > /dev/null
-    [ -f "$ROOT/probe.pt" ] || cp "$ROOT/eval_$name/probe.pt" "$ROOT/probe.pt"
+    $world eval --data "$ROOT/heldout" --vae "$WEIGHTS" "$@" --probe "$PROBE" --clips $EVAL_CLIPS \
+        --out "$ROOT/eval_$name" --device "$DEVICE" > /dev/null
     python -c "import json,sys; r=json.load(open(sys.argv[1])); m=r['model']; a=r['action_following']['model']; \
 print(f\"$name: psnr_3s {m['psnr_3s']} ssim_3s {m['ssim_3s']} yaw {a['yaw_direction_accuracy']} \
 forward {a['forward_direction_accuracy']} flops/frame {r['dit_flops_per_frame']:.3g}\")" "$ROOT/eval_$name/eval.json"

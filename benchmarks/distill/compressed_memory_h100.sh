@@ -9,14 +9,13 @@
 # seconds) runs out (ROLL=0: none). BASELINES=0 skips the shipped student's evaluations.
 # STUDENT=<an exported student> skips those and the DMD, and evaluates and rolls out that one
 # (`memory_student`).
-#   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/compressed_memory_h100.sh
+#   OUT=$OUT bash benchmarks/distill/compressed_memory_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-OUT=${OUT:?where the archives go}; PROBE=${PROBE:?a pose probe}
+OUT=${OUT:?where the archives go}
 FULL=${FULL:-3}; POOL=${POOL:-2, 2}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}; ROLL=${ROLL:-1}
 START=${START:-lingbot_rt/world/weights/student}
 mkdir -p "$ROOT"
-cp "$PROBE" "$ROOT/probe.pt"
 printf "full_frames: $FULL\nmemory_pool: [$POOL]\n" > "$ROOT/schedule.yaml"
 printf "${DMD_RECIPE}  full_frames: $FULL\n  memory_pool: [$POOL]\n" > "$ROOT/dmd_cm.yaml"
 stamp gen-data
@@ -44,7 +43,7 @@ else
     rolled="$ROOT/export_cm/student"
 fi
 [ "$ROLL" = 0 ] || ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="cm=$rolled:$ROOT/schedule.yaml" \
-    PROBE="$ROOT/probe.pt" bash benchmarks/distill/long_rollouts.sh || true
+    bash benchmarks/distill/long_rollouts.sh || true
 wait
 tar -C "$ROOT" -czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude=data --exclude=heldout --exclude='dmd_*/checkpoint' \
     --exclude='export_*' --exclude='dmd_*/student' .

@@ -10,14 +10,13 @@
 # from, ROLL=0 skips the rollouts (then `long_rollouts.sh` in a call of its own), EVAL=0 the
 # held-out evaluations; FULL (and POOL, default "2, 2") trains and evaluates with a compressed
 # memory (`StudentSchedule.full_frames`, `memory_pool`).
-#   OUT=$OUT PROBE=out/dev2/probe.pt bash benchmarks/distill/long_horizon_h100.sh
+#   OUT=$OUT bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-OUT=${OUT:?where the archives go}; PROBE=${PROBE:?a pose probe}
+OUT=${OUT:?where the archives go}
 LONG=${LONG:-63}; SEG_MIN=${SEG_MIN:-5}; LIMIT=${LIMIT:-570}; NAMES=${NAMES:-lh ctl}; ROLL=${ROLL:-1}
 START=${START:-lingbot_rt/world/weights/student}
 mkdir -p "$ROOT"
-cp "$PROBE" "$ROOT/probe.pt"
 RECIPE="${DMD_RECIPE}${FULL:+  full_frames: $FULL\n  memory_pool: [${POOL:-2, 2}]\n}"
 printf "$RECIPE" > "$ROOT/dmd.yaml"
 printf "${RECIPE}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
@@ -33,7 +32,7 @@ for name in $NAMES; do
     tar -C "$ROOT/export_$name" -cf "$OUT/student_$name.tar" student
 done
 stamp "export done at ${SECONDS}s"
-[ "$ROLL" = 0 ] || ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="$students" PROBE="$ROOT/probe.pt" \
+[ "$ROLL" = 0 ] || ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="$students" \
     bash benchmarks/distill/long_rollouts.sh || true
 tar -C "$ROOT" -czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude=data --exclude=heldout --exclude='dmd_*/checkpoint' \
     --exclude='export_*' --exclude='dmd_*/student' .

@@ -3,11 +3,11 @@
 # own, side by side on one GPU; then the drift of each student's seeds. Rollouts still running
 # after ROLL_LIMIT seconds are stopped (0: no limit); a finished report is kept. An entry is
 # name=student-dir[:schedule-yaml] (a StudentSchedule, e.g. a compressed memory's).
-#   STUDENTS="lh=runs/lh/dmd_lh/student ctl=runs/lh/dmd_ctl/student" PROBE=out/dev2/probe.pt \
+#   STUDENTS="lh=runs/lh/dmd_lh/student ctl=runs/lh/dmd_ctl/student" \
 #       bash benchmarks/distill/long_rollouts.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-STUDENTS=${STUDENTS:?name=student-dir ...}; PROBE=${PROBE:?a pose probe}
+STUDENTS=${STUDENTS:?name=student-dir ...}
 SEEDS=${SEEDS:-0 1 2 3 4}; MINUTES=${MINUTES:-10}; ROLL_LIMIT=${ROLL_LIMIT:-0}
 
 mkdir -p "$ROOT"

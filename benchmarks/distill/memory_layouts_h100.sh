@@ -3,13 +3,12 @@
 # LAYOUTS (name=full_frames:rows,cols[:window_frames]), the student (default: the shipped one)
 # evaluated on the held-out clips and rolled out for 10 minutes on SEEDS with that layout, all
 # side by side; the rollouts still running after LIMIT seconds are stopped. Results in $OUT.
-#   OUT=$OUT PROBE=out/dev2/probe.pt LAYOUTS="f1=1:2,2 p4=3:4,4" bash benchmarks/distill/memory_layouts_h100.sh
+#   OUT=$OUT LAYOUTS="f1=1:2,2 p4=3:4,4" bash benchmarks/distill/memory_layouts_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-OUT=${OUT:?where the archives go}; PROBE=${PROBE:?a pose probe}; LAYOUTS=${LAYOUTS:?name=full:rows,cols ...}
+OUT=${OUT:?where the archives go}; LAYOUTS=${LAYOUTS:?name=full:rows,cols ...}
 STUDENT=${STUDENT:-lingbot_rt/world/weights/student}; LIMIT=${LIMIT:-570}
 mkdir -p "$ROOT"
-cp "$PROBE" "$ROOT/probe.pt"
 stamp gen-data
 [ -f "$ROOT/heldout/dataset.json" ] || $world gen-data --out "$ROOT/heldout" --clips "$EVAL_CLIPS" --frames $FRAMES \
     --height $SIZE --width $SIZE --seed 1 --workers "$WORKERS" --quiet
@@ -20,6 +19,6 @@ for entry in $LAYOUTS; do
     evaluate "$name" --student "$STUDENT" --schedule "$ROOT/schedule_$name.yaml" &
     students+=" $name=$STUDENT:$ROOT/schedule_$name.yaml"
 done
-ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="$students" PROBE="$ROOT/probe.pt" bash benchmarks/distill/long_rollouts.sh || true
+ROLL_LIMIT=$((LIMIT - SECONDS)) STUDENTS="$students" bash benchmarks/distill/long_rollouts.sh || true
 wait
 tar -C "$ROOT" -czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude=heldout .

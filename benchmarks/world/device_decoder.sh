@@ -2,16 +2,15 @@
 # Distil the world VAE's decoder into the tiny streaming decoder on one H100 and score it: the
 # run's eval.json (PSNR on 32 held-out training-seed clips against the VAE's decode and the
 # rendered frames), then the shipped student's held-out evaluation (the shipped evaluation's
-# clips and probe) with its latents decoded by both the VAE and the tiny decoder.
+# clips) with its latents decoded by both the VAE and the tiny decoder.
 #
 #   bash .devlean/install.sh && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT MINUTES=4 bash benchmarks/world/device_decoder.sh
 #
-# Carry out/dev2/probe.pt (the shipped evaluation's pose probe). Writes 5 files under $OUT.
+# Scored with the committed pose probe (common.sh's PROBE). Writes 5 files under $OUT.
 set -eu
 ROOT=${ROOT:-/tmp/decoder}; OUT=${OUT:-runs/decoder}; MINUTES=${MINUTES:-4}
 source benchmarks/distill/common.sh
 mkdir -p "$ROOT" "$OUT/decoder"
-[ -f out/dev2/probe.pt ] && cp out/dev2/probe.pt "$ROOT/probe.pt"
 stamp data; gen_data 544 32
 stamp train
 $world train-decoder --data "$ROOT/data" --vae "$WEIGHTS" --out "$ROOT/decoder" --minutes "$MINUTES" \

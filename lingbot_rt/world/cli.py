@@ -4,8 +4,9 @@
     lingbot-rt world train-vae --data data/world --out runs/world/vae --minutes 5
     lingbot-rt world train-decoder --data data/world --vae runs/world/vae --out runs/world/decoder --minutes 5
     lingbot-rt world train-teacher --data data/world --vae runs/world/vae --out runs/world/teacher --minutes 9
+    lingbot-rt world train-probe --data data/world --out runs/world/probe.safetensors
     lingbot-rt world eval --data data/world-heldout --vae runs/world/vae --teacher runs/world/teacher/teacher \
-        --probe-data data/world --out runs/world/eval
+        --probe runs/world/probe.safetensors --out runs/world/eval
 
 `add_world_commands(subparsers)` adds the `world` command to the main parser's subparsers;
 `build(parser)` fills any parser with the world subcommands (tests use a fresh one). Each
@@ -63,6 +64,17 @@ def cmd_train_teacher(args) -> int:
     return 0
 
 
+def cmd_train_probe(args) -> int:
+    from .clips import load_clip_tensors
+    from .pose_probe import save_probe, train_probe
+    clips = load_clip_tensors(args.data, max_clips=args.clips, device=_device(args.device))
+    probe = train_probe(clips, steps=args.steps, batch_size=args.batch_size, seed=args.seed, width=args.width)
+    out = save_probe(probe, args.out, data=args.data, clips=len(clips), steps=args.steps, batch_size=args.batch_size,
+                     seed=args.seed, width=args.width)
+    print(f"pose probe written to {out}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     import json
 
@@ -70,7 +82,7 @@ def cmd_eval(args) -> int:
     from ..model.checkpoint import load_model
     from .clips import load_clip_tensors
     from .evaluate import evaluate_model, student_sampler, teacher_sampler
-    from .pose_probe import PoseProbe, train_probe
+    from .pose_probe import load_probe, save_probe, train_probe
     from .text import TEXT_LEN, world_text_encoder
     from .train_vae import load_trained_vae
     device = _device(args.device)
@@ -82,15 +94,13 @@ def cmd_eval(args) -> int:
         student = _student_schedule(args.schedule, args.student)
         sample = student_sampler(model, student.schedule(), student.cache())
     clips = load_clip_tensors(args.data, max_clips=args.clips, device=device)
-    probe_path = Path(args.out) / "probe.pt"
-    if probe_path.is_file():
-        probe = PoseProbe().to(device)
-        probe.load_state_dict(torch.load(probe_path, map_location=device))
+    probe_path = Path(args.probe or Path(args.out) / "probe.safetensors")
+    if args.probe or probe_path.is_file():
+        probe = load_probe(probe_path, device)
     else:
         probe = train_probe(load_clip_tensors(args.probe_data, max_clips=args.probe_clips, device=device),
                             steps=args.probe_steps)
-        probe_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(probe.state_dict(), probe_path)
+        save_probe(probe, probe_path, data=args.probe_data, clips=args.probe_clips, steps=args.probe_steps)
     decoder = None
     if args.decoder:
         from ..model.tiny_decoder import load_tiny_decoder
@@ -114,16 +124,14 @@ def _student_schedule(path: str | None, student_dir: str):
 def cmd_long_rollout(args) -> int:
     import json
 
-    import torch
     from .long_rollout import long_rollout
-    from .pose_probe import PoseProbe
+    from .pose_probe import load_probe
     from .stream import world_stream_config, world_streaming
     device = _device(args.device)
-    probe = PoseProbe().to(device)
-    probe.load_state_dict(torch.load(args.probe, map_location=device))
+    probe = load_probe(args.probe, device)
     schedule = _student_schedule(args.schedule, args.student)
     pipeline = world_streaming(args.student, device=device, config=world_stream_config(schedule))
-    report = long_rollout(pipeline, probe.eval(), minutes=args.minutes,
+    report = long_rollout(pipeline, probe, minutes=args.minutes,
                           map_seed=args.map_seed, seed=args.seed, out_dir=args.out)
     print(json.dumps({k: v for k, v in report.items() if k != "per_minute"}, indent=2))
     return 0 if report["all_within_bounds"] else 1
@@ -201,6 +209,17 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _add_run_arguments(p, batch_size=32, steps=30_000)
     p.set_defaults(func=cmd_train_teacher)
 
+    p = sub.add_parser("train-probe", help="train the camera-motion probe that scores action following")
+    p.add_argument("--data", required=True, help="clips with their poses (a gen-data directory)")
+    p.add_argument("--out", required=True, help="the probe's safetensors file")
+    p.add_argument("--clips", type=int, default=500, help="use the dataset's first N clips")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--width", type=int, default=32, help="channels of the first convolution")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_train_probe)
+
     p = sub.add_parser("eval", help="generate held-out clips and compare with the renderer's ground truth")
     p.add_argument("--data", required=True, help="held-out clips (another gen-data seed)")
     p.add_argument("--vae", required=True)
@@ -209,7 +228,10 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     model.add_argument("--student", help="a block-causal student's model directory, streamed with its KV cache")
     p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the one its directory "
                    "records, else the distillation's)")
-    p.add_argument("--probe-data", required=True, help="clips to train the pose probe on (the training set)")
+    probe = p.add_mutually_exclusive_group(required=True)
+    probe.add_argument("--probe", help="a pose probe (`train-probe`'s safetensors or an eval run's probe.safetensors)")
+    probe.add_argument("--probe-data", help="clips to train a pose probe on (the training set), stored as "
+                       "<out>/probe.safetensors and reused from there")
     p.add_argument("--probe-clips", type=int, default=500)
     p.add_argument("--probe-steps", type=int, default=2000)
     p.add_argument("--clips", type=int, default=32)
@@ -222,7 +244,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     p = sub.add_parser("long-rollout", help="stream minutes of scripted play with a student; per-minute stability")
     p.add_argument("--student", required=True, help="a block-causal student's model directory")
-    p.add_argument("--probe", required=True, help="a pose probe (an eval run's probe.pt)")
+    p.add_argument("--probe", required=True, help="a pose probe (`train-probe`'s safetensors or an eval run's probe.safetensors)")
     p.add_argument("--schedule", help="the student's StudentSchedule as YAML (default: the one its directory "
                    "records, else the distillation's)")
     p.add_argument("--minutes", type=float, default=10.0)

@@ -11,10 +11,12 @@ targets are divided by their largest value under the controls (0.2 units, 8 degr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .clips import ClipTensors
@@ -61,11 +63,12 @@ class PoseProbe(nn.Module):
         return scaled * MOTION_SCALE.to(scaled.device)
 
 
-def train_probe(clips: ClipTensors, steps: int = 2000, batch_size: int = 128, seed: int = 0) -> PoseProbe:
+def train_probe(clips: ClipTensors, steps: int = 2000, batch_size: int = 128, seed: int = 0,
+                width: int = 32) -> PoseProbe:
     device = clips.frames.device
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
-    probe = PoseProbe().to(device)
+    probe = PoseProbe(width).to(device)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     scale = MOTION_SCALE.to(device)
@@ -80,3 +83,31 @@ def train_probe(clips: ClipTensors, steps: int = 2000, batch_size: int = 128, se
         optimizer.step()
         schedule.step()
     return probe.eval()
+
+
+def save_probe(probe: PoseProbe, path: str | Path, **metadata) -> Path:
+    """Write a probe's weights as safetensors (fp32), `metadata` (how it was trained) alongside."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in probe.state_dict().items()}, path,
+              metadata={k: str(v) for k, v in metadata.items()})
+    return path
+
+
+def load_probe(path: str | Path, device: str | torch.device = "cpu") -> PoseProbe:
+    """A probe from `save_probe`'s safetensors, in eval mode; its width is read from the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pose probe at {path} (write one with `lingbot-rt world train-probe`)")
+    try:
+        state = load_file(path)
+    except Exception as exc:           # safetensors raises its own error types for a malformed header
+        raise ValueError(f"{path} is not a safetensors file: {exc}") from None
+    if "convs.0.weight" not in state:
+        raise ValueError(f"{path} is not a pose probe: it has no convs.0.weight")
+    probe = PoseProbe(width=state["convs.0.weight"].shape[0])
+    try:
+        probe.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not match the pose probe's layers: {exc}") from None
+    return probe.to(device).eval()

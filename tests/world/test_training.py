@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from lingbot_rt.cli import main
 from lingbot_rt.model.checkpoint import load_model, save_model
@@ -28,7 +30,8 @@ from lingbot_rt.world.data import generate_dataset
 from lingbot_rt.world.evaluate import evaluate_model, image_metrics, teacher_sampler
 from lingbot_rt.world.latents import condition_clips, pad_features, video_tensor
 from lingbot_rt.world.metrics import psnr, ssim
-from lingbot_rt.world.pose_probe import GAP, MOTION_SCALE, PoseProbe, relative_motion, train_probe
+from lingbot_rt.world.pose_probe import (GAP, MOTION_SCALE, PoseProbe, load_probe, relative_motion, save_probe,
+                                         train_probe)
 from lingbot_rt.world.text import world_text_encoder
 from lingbot_rt.world.train_teacher import TEACHER_DIR, TeacherTrainConfig, flow_matching_loss, train_teacher
 from lingbot_rt.world.train_vae import (VAE_CONFIG, VAE_WEIGHTS, VAETrainConfig, latent_statistics, load_trained_vae,
@@ -595,6 +598,42 @@ def test_train_probe_runs_and_moves_the_weights(clips):
     assert_same_tensors(again.state_dict(), trained)
 
 
+def test_probe_round_trips_through_safetensors_with_its_width(tmp_path):
+    torch.manual_seed(0)
+    probe = PoseProbe(width=8).eval()
+    path = save_probe(probe, tmp_path / "probes" / "probe.safetensors", clips=3, steps=5)
+    loaded = load_probe(path)
+    assert not loaded.training and loaded.convs[0].out_channels == 8
+    assert_same_tensors(loaded.state_dict(), probe.state_dict())
+    with safe_open(path, "pt") as f:
+        assert f.metadata() == {"clips": "3", "steps": "5"}
+
+
+def test_load_probe_refuses_what_is_not_a_probe(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-probe"):
+        load_probe(tmp_path / "missing.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_probe(tmp_path / "garbage.safetensors")
+    save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="no convs.0.weight"):
+        load_probe(tmp_path / "other.safetensors")
+    state = PoseProbe(width=8).state_dict()
+    del state["head.bias"]
+    save_file(state, tmp_path / "short.safetensors")
+    with pytest.raises(ValueError, match="head.bias"):
+        load_probe(tmp_path / "short.safetensors")
+
+
+def test_cli_train_probe_writes_the_probe_train_probe_makes(dataset, clips, tmp_path, capsys):
+    out = tmp_path / "probe.safetensors"
+    assert main(["world", "train-probe", "--data", str(dataset), "--out", str(out), "--clips", str(NUM_CLIPS),
+                 "--steps", "2", "--batch-size", "4", "--width", "8", "--device", "cpu"]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert_same_tensors(load_probe(out).state_dict(),
+                        train_probe(clips, steps=2, batch_size=4, seed=0, width=8).state_dict())
+
+
 # ---- evaluate.py ----------------------------------------------------------------------------
 class OracleModel(nn.Module):
     """A 'DiT' that knows the clean latents: v = (x_t - x0) / sigma = eps - x0, so Euler sampling
@@ -657,7 +696,7 @@ def test_cli_train_vae_train_teacher_eval(dataset, tmp_path, capsys, monkeypatch
                  str(teacher_dir / TEACHER_DIR), "--probe-data", str(dataset), "--probe-steps", "1", "--clips", "2",
                  "--steps", "1", "--out", str(eval_dir), "--device", "cpu"]
     assert main(eval_args) == 0
-    for name in ("eval.json", "eval_strip.png", "probe.pt"):
+    for name in ("eval.json", "eval_strip.png", "probe.safetensors"):
         assert (eval_dir / name).is_file(), name
     report = json.loads((eval_dir / "eval.json").read_text())
     assert report["clips"] == 2 and report["sampler"]["steps"] == 1
