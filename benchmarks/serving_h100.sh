@@ -70,7 +70,7 @@ $world eval --data runs/heldout --vae lingbot_rt/world/weights --student lingbot
     --probe "$PROBE" --clips 32 --out "$OUT/eval_shipped_student" --device "$DEVICE" > /dev/null 2>&1
 wait $ROLLOUT
 python -c "import json, sys; r = json.load(open(sys.argv[1])); print('long rollout:', r['frames'], 'frames,', \
-'all within bounds:', r['all_within_bounds'])" "$OUT/long_rollout_10min/long_rollout.json"
+'all within bounds:', r['all_within_bounds'])" "$OUT/long_rollout_10min/s0/long_rollout.json"
 fi
 wait $RELEASE
 

@@ -1,9 +1,9 @@
 """`lingbot-rt world long-rollout`: does a streaming student hold up for minutes?
 
-One session of `minutes` of play (at 16 FPS, 10 minutes = 9600 frames) through the same
-`StreamingInference` the server runs, with the rolling KV cache: a scripted player's keys
-(`players.play` in a generated map: walks, turns, looks, retraces) from the map's spawn view.
-Per minute of generated video:
+`minutes` of play (at 16 FPS, 10 minutes = 9600 frames) through the same `StreamingInference`
+the server runs, with the rolling KV cache: a scripted player's keys (`players.play` in a
+generated map: walks, turns, looks, retraces) from the map's spawn view, one session per player
+seed, all seeds batched as the server batches its players. Per minute of generated video:
 
 * frame statistics: mean intensity, contrast (std of intensity within a frame), sharpness
   (mean |Laplacian| of the intensity), each averaged over the minute's frames;
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from ..pipeline.actions import ScriptedActions
 from ..pipeline.streaming import StreamingInference
 from .evaluate import FPS, action_following
 from .map import generate_map, spawn_pose
@@ -153,47 +154,102 @@ def ground_truth_minutes(probe: PoseProbe, *, minutes: int, map_seed: int = 7, s
     return per_minute
 
 
+def parse_seeds(text: str) -> list[int]:
+    """Player seeds from "0-49", "3" or "0,4,7-9", in that order, each once."""
+    seeds = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or int(last or first) < int(first):
+            raise ValueError(f"seeds must be numbers or ranges like 0-49, comma-separated; got {text!r}")
+        seeds += [s for s in range(int(first), int(last or first) + 1) if s not in seeds]
+    return seeds
+
+
+class ScriptedSession:
+    """One scripted player of a long rollout: its keys from the map's spawn view, the world's
+    poses along them, its stream's session, and its minutes as they close."""
+
+    def __init__(self, pipeline: StreamingInference, world, image: np.ndarray, seed: int, num_frames: int):
+        self.seed, self.num_frames = seed, num_frames
+        keys, self.world_poses = play(world, spawn_pose(world, 0), num_frames, seed)   # world_poses[i]: frame i
+        self.actions = ScriptedActions(keys[1:])
+        self.session = pipeline.open_session(image, world.prompt, seed)
+        self.frames, self.poses, self.per_minute, self.thumbs = [], [], [], []
+
+    @property
+    def done(self) -> bool:
+        return self.session.num_video_frames >= self.num_frames
+
+    def add(self, frames: np.ndarray, poses: np.ndarray, renderer: Renderer, intrinsics: np.ndarray,
+            probe: PoseProbe) -> bool:
+        """Append a block's frames; score the minute they complete, if any (returns whether one closed)."""
+        self.frames.append(frames)
+        self.poses.append(poses)
+        per_minute = 60 * FPS
+        if sum(len(f) for f in self.frames) < per_minute:
+            return False
+        frames, poses = np.concatenate(self.frames), np.concatenate(self.poses)
+        start = len(self.per_minute) * per_minute            # the stream's frame i is the world's frame i
+        truth_path = self.world_poses[start:start + per_minute]
+        height, width = frames.shape[1:3]
+        truth = minute_statistics(render_minute(renderer, intrinsics, truth_path, height, width), truth_path, probe)
+        self.per_minute.append({"minute": len(self.per_minute) + 1,
+                                **minute_statistics(frames[:per_minute], poses[:per_minute], probe),
+                                "ground_truth": truth})
+        self.thumbs.append(frames[0])
+        self.frames, self.poses = [frames[per_minute:]], [poses[per_minute:]]
+        return True
+
+
 @torch.no_grad()
-def long_rollout(pipeline: StreamingInference, probe: PoseProbe, *, minutes: float = 10.0, map_seed: int = 7,
-                 seed: int = 0, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list[int], minutes: float = 10.0,
+                  map_seed: int = 7, out_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """`minutes` of scripted play for every seed, the sessions batched through the pipeline's
+    `denoise` as the server batches its players (each seed's frames depend on its seed alone).
+    With `out_dir`, each seed's report goes to <out_dir>/s<seed>/long_rollout.json, rewritten
+    as each of its minutes closes ("complete": false until the last), with the minutes'
+    first frames beside it (long_rollout_minutes.png)."""
     if minutes < 1:
         raise ValueError(f"a long rollout reports per whole minute: minutes must be >= 1, got {minutes}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    if pipeline.free_slots < len(seeds):
+        raise ValueError(f"{len(seeds)} seeds need as many session slots; the pipeline has {pipeline.free_slots} "
+                         f"free (StreamConfig.max_sessions)")
     height, width = pipeline.height, pipeline.width
     world = generate_map(map_seed)
-    start = spawn_pose(world, 0)
-    num_frames = int(round(minutes * 60 * FPS)) + 1
-    keys, world_poses = play(world, start, num_frames, seed)     # world_poses[i]: frame i's camera
     renderer, intrinsics = Renderer(world), world.config.intrinsics(height, width)
-    image = renderer.render(start[None], intrinsics, height, width)[0].numpy()
-    per_minute, frames, poses, thumbs = [], [], [], []
-    frames_per_minute = 60 * FPS
+    image = renderer.render(spawn_pose(world, 0)[None], intrinsics, height, width)[0].numpy()
+    num_frames = int(round(minutes * 60 * FPS)) + 1
+    players = []
+    try:
+        for seed in seeds:
+            players.append(ScriptedSession(pipeline, world, image, seed, num_frames))
+        with tqdm(total=num_frames * len(seeds), unit="frame", desc="long rollouts", disable=not progress) as bar:
+            while live := [p for p in players if not p.done]:
+                plans = [pipeline.plan(p.session, p.actions.block(*pipeline.actions_needed(p.session))) for p in live]
+                latents = pipeline.denoise([p.session for p in live], plans)
+                for player, plan, block in zip(live, plans, latents):
+                    keep = min(plan.num_frames, num_frames - plan.first_frame)
+                    frames = pipeline.decode(player.session, block)[:keep]
+                    if player.add(frames, plan.poses[:keep], renderer, intrinsics, probe) and out_dir is not None:
+                        _write_report(player, image, num_frames, map_seed, (height, width), out_dir)
+                    bar.update(keep)
+    finally:
+        for player in players:
+            pipeline.close_session(player.session)
+    return [_write_report(p, image, num_frames, map_seed, (height, width), out_dir) for p in players]
 
-    def close_minute():
-        clip = np.concatenate(frames)[:frames_per_minute]
-        path = np.concatenate(poses)[:frames_per_minute]
-        start_frame = len(per_minute) * frames_per_minute          # the stream's frame i is the world's frame i
-        truth_path = world_poses[start_frame:start_frame + frames_per_minute]
-        truth = minute_statistics(render_minute(renderer, intrinsics, truth_path, height, width), truth_path, probe)
-        per_minute.append({"minute": len(per_minute) + 1, **minute_statistics(clip, path, probe),
-                           "ground_truth": truth})
-        thumbs.append(clip[0])
-        rest_frames, rest_poses = np.concatenate(frames)[frames_per_minute:], np.concatenate(poses)[frames_per_minute:]
-        frames[:], poses[:] = [rest_frames], [rest_poses]
 
-    with tqdm(total=num_frames, unit="frame", desc="long rollout", disable=not progress) as bar:
-        for block in pipeline.stream_generate(image, world.prompt, keys[1:], seed=seed):
-            frames.append(block.frames)
-            poses.append(block.poses)
-            bar.update(len(block.frames))
-            if sum(len(f) for f in frames) >= frames_per_minute:
-                close_minute()
-    report = {"minutes": len(per_minute), "frames": num_frames, "fps": FPS, "map_seed": map_seed, "seed": seed,
-              "resolution": [height, width], "bounds": {k: list(v) if isinstance(v, tuple) else v
-                                                        for k, v in BOUNDS.items()},
-              **score_minutes(per_minute), "drift": drift(per_minute), "per_minute": per_minute}
+def _write_report(player: ScriptedSession, image: np.ndarray, num_frames: int, map_seed: int,
+                  resolution: tuple[int, int], out_dir: str | Path | None) -> dict:
+    report = {"minutes": len(player.per_minute), "complete": player.done, "frames": num_frames, "fps": FPS,
+              "map_seed": map_seed, "seed": player.seed, "resolution": list(resolution),
+              "bounds": {k: list(v) if isinstance(v, tuple) else v for k, v in BOUNDS.items()},
+              **score_minutes(player.per_minute), "drift": drift(player.per_minute), "per_minute": player.per_minute}
     if out_dir is not None:
-        out = Path(out_dir)
+        out = Path(out_dir) / f"s{player.seed}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "long_rollout.json").write_text(json.dumps(report, indent=2) + "\n")
-        Image.fromarray(np.concatenate([image, *thumbs], 1)).save(out / "long_rollout_minutes.png")
+        Image.fromarray(np.concatenate([image, *player.thumbs], 1)).save(out / "long_rollout_minutes.png")
     return report

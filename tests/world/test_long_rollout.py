@@ -1,10 +1,12 @@
 """The long-rollout report's statistics and bounds on hand-made frames."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from lingbot_rt.world.long_rollout import (BOUNDS, drift, frame_statistics, ground_truth_minutes, long_rollout,
-                                          score_minutes, within_bounds)
+from lingbot_rt.world.long_rollout import (BOUNDS, drift, frame_statistics, ground_truth_minutes, long_rollouts,
+                                          parse_seeds, score_minutes, within_bounds)
 from lingbot_rt.world.evaluate import FPS, action_following
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.players import play
@@ -109,24 +111,55 @@ def test_world_stream_uses_the_world_camera():
                                WorldConfig().intrinsics(128, 128), rtol=1e-5)
 
 
-def test_a_rollout_shorter_than_a_minute_is_refused():
+@pytest.mark.parametrize("text, seeds", [("3", [3]), ("0-4", [0, 1, 2, 3, 4]), ("7,2-3,2", [7, 2, 3])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "4-2", "1-", "-3", "1,,2"])
+def test_parse_seeds_refuses_what_is_not_seeds(text):
+    with pytest.raises(ValueError, match="seeds must be numbers or ranges"):
+        parse_seeds(text)
+
+
+def test_a_rollout_shorter_than_a_minute_or_without_slots_is_refused():
     with pytest.raises(ValueError, match="minutes must be >= 1, got 0.5"):
-        long_rollout(None, None, minutes=0.5)
+        long_rollouts(None, None, seeds=[0], minutes=0.5)
+    with pytest.raises(ValueError, match="distinct"):
+        long_rollouts(None, None, seeds=[1, 1], minutes=1)
+
+    class OneSlot:
+        free_slots = 1
+    with pytest.raises(ValueError, match="2 seeds need as many session slots; the pipeline has 1 free"):
+        long_rollouts(OneSlot(), None, seeds=[0, 1], minutes=1)
 
 
 def test_a_minute_of_the_shipped_student_is_reported_beside_the_world_at_its_poses(tmp_path):
     """One minute (961 frames) through the serving pipeline: the report's ground truth is the
     world rendered along the same scripted keys (`ground_truth_minutes`), minute one keeps its
-    own bounds, and the report and the minutes' thumbnails are written."""
+    own bounds, and the report and the minutes' thumbnails are written. A seed batched with
+    another gives what it gives alone (the same truth; its own frames to the pipeline's
+    batched-vs-alone tolerance)."""
+    from lingbot_rt.distillation.config import student_schedule
     from lingbot_rt.world.shipped import shipped_student_dir
     from lingbot_rt.world.stream import world_streaming
     torch.manual_seed(0)
     probe = PoseProbe().eval()
-    report = long_rollout(world_streaming(shipped_student_dir()), probe, minutes=1, seed=5, out_dir=tmp_path,
-                          progress=False)
+    config = world_stream_config(student_schedule(shipped_student_dir()), max_sessions=2)
+    pipeline = world_streaming(shipped_student_dir(), config=config)
+    (report,) = long_rollouts(pipeline, probe, minutes=1, seeds=[5], out_dir=tmp_path, progress=False)
     (minute,) = report["per_minute"]
     assert minute["ground_truth"] == ground_truth_minutes(probe, minutes=1, seed=5)[0]
     assert minute["moving_steps"] == minute["ground_truth"]["moving_steps"] > 0       # the same commanded motion
     assert all(minute["within_bounds"].values()) and report["all_within_bounds"] and report["frames"] == 961
+    assert report["complete"] and report["seed"] == 5
     assert minute["mean_intensity"] != minute["ground_truth"]["mean_intensity"]       # the student's own frames
-    assert (tmp_path / "long_rollout.json").is_file() and (tmp_path / "long_rollout_minutes.png").is_file()
+    assert json.loads((tmp_path / "s5" / "long_rollout.json").read_text()) == report
+    assert (tmp_path / "s5" / "long_rollout_minutes.png").is_file()
+
+    other, batched = long_rollouts(pipeline, probe, minutes=1, seeds=[6, 5], progress=False)
+    assert pipeline.free_slots == 2 and (other["seed"], batched["seed"]) == (6, 5)
+    assert batched["per_minute"][0]["ground_truth"] == minute["ground_truth"]
+    for name in ("mean_intensity", "contrast", "sharpness"):
+        assert batched["per_minute"][0][name] == pytest.approx(minute[name], rel=1e-3), name
+    assert other["per_minute"][0]["ground_truth"] != minute["ground_truth"]          # another player's keys
