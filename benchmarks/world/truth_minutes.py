@@ -20,13 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lingbot_rt.world.long_rollout import BOUNDS, ground_truth_minutes, within_bounds
+from lingbot_rt.world.long_rollout import BOUNDS, ground_truth_minutes, parse_seeds, within_bounds
 from lingbot_rt.world.pose_probe import load_probe
-
-
-def seed_range(text: str) -> list[int]:
-    first, _, last = text.partition("-")
-    return list(range(int(first), int(last or first) + 1))
 
 
 def against_minute_one(per_minute: list[dict]) -> dict:
@@ -47,7 +42,7 @@ def seed_minutes(seed: int, *, probe_path: str, minutes: int, map_seed: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--probe", required=True)
-    ap.add_argument("--seeds", default="0-49", help="a range of player seeds, e.g. 0-49")
+    ap.add_argument("--seeds", default="0-49", help="player seeds: 0-49, 3 or 0,4,7-9")
     ap.add_argument("--minutes", type=int, default=10)
     ap.add_argument("--map-seed", type=int, default=7)
     ap.add_argument("--workers", type=int, default=1, help="seeds rendered side by side")
@@ -56,14 +51,14 @@ def main() -> None:
     load_probe(args.probe)                      # a missing or malformed probe fails here, not in a worker
     partial = Path(args.out).with_suffix(".jsonl")
     done = {r["seed"]: r for r in map(json.loads, partial.read_text().splitlines())} if partial.exists() else {}
-    todo = [seed for seed in seed_range(args.seeds) if seed not in done]
+    todo = [seed for seed in parse_seeds(args.seeds) if seed not in done]
     work = functools.partial(seed_minutes, probe_path=args.probe, minutes=args.minutes, map_seed=args.map_seed)
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for result in tqdm(pool.imap_unordered(work, todo), total=len(todo), desc="seeds", unit="seed"):
             done[result["seed"]] = result
             with partial.open("a") as f:
                 f.write(json.dumps(result) + "\n")
-    seeds = [done[s] for s in seed_range(args.seeds)]
+    seeds = [done[s] for s in parse_seeds(args.seeds)]
     relative = {s["seed"]: against_minute_one(s["per_minute"]) for s in seeds}
     envelope = {name: [round(float(np.min([v[name] for v in relative.values()])), 4),
                        round(float(np.max([v[name] for v in relative.values()])), 4)] for name in BOUNDS}

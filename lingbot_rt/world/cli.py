@@ -251,7 +251,7 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "records, else the distillation's)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--map-seed", type=int, default=7)
-    p.add_argument("--seeds", default="0", help="player seeds, batched: 0-49, 3 or 0,4,7-9")
+    p.add_argument("--seeds", default="0", help="player seeds, batched: 0-49, 3, 0,4,7-9 or \"0 1 2\"")
     p.add_argument("--out", required=True, help="reports go to <out>/s<seed>/long_rollout.json")
     p.add_argument("--device")
     p.set_defaults(func=cmd_long_rollout)

@@ -19,8 +19,10 @@ The world itself changes from minute to minute, so each minute also carries the 
 the ground truth rendered at the same poses, with the probe's action following on it
 (`ground_truth`). The world leaves the fixed bounds: over seeds 0-49 of map 7 the truth is
 outside them in 37 seeds (its mean intensity spans 0.75-1.37x minute one as the keys look at
-more or less sky; the probe's forward accuracy on the true frames moves from -0.39 to +0.35
-against minute one with the motions the keys command; `benchmarks/results/world/truth_minutes_map7.json`). A bound
+more or less sky; the first pose probe's forward accuracy on the true frames moved from -0.39
+to +0.35 against minute one with the motions the keys command,
+`benchmarks/results/world/truth_minutes_map7.json`; the committed probe's, trained on 5x the
+clips for 5x the steps, moves -0.16 to +0.16 on seeds 0-19, `.../world/pose_probes/`). A bound
 the world fails does not detect a collapse, so each minute's bound is widened by as far as the
 truth moved from its own minute one at the same poses (`within_bounds`): a ratio bound
 (lo, hi) becomes (lo * min(1, r), hi * max(1, r)) for the truth's ratio r, a difference bound b
@@ -38,6 +40,7 @@ or not a minute leaves the bounds.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +158,12 @@ def ground_truth_minutes(probe: PoseProbe, *, minutes: int, map_seed: int = 7, s
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Player seeds from "0-49", "3" or "0,4,7-9", in that order, each once."""
+    """Player seeds from "0-49", "3", "0,4,7-9" or "0 1 2", in that order, each once."""
     seeds = []
-    for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
+    for part in re.split(r"[,\s]+", text.strip()):
+        first, dash, last = part.partition("-")
         if not first.isdigit() or (dash and not last.isdigit()) or int(last or first) < int(first):
-            raise ValueError(f"seeds must be numbers or ranges like 0-49, comma-separated; got {text!r}")
+            raise ValueError(f"seeds must be numbers or ranges like 0-49, separated by commas or spaces; got {text!r}")
         seeds += [s for s in range(int(first), int(last or first) + 1) if s not in seeds]
     return seeds
 

@@ -111,12 +111,12 @@ def test_world_stream_uses_the_world_camera():
                                WorldConfig().intrinsics(128, 128), rtol=1e-5)
 
 
-@pytest.mark.parametrize("text, seeds", [("3", [3]), ("0-4", [0, 1, 2, 3, 4]), ("7,2-3,2", [7, 2, 3])])
+@pytest.mark.parametrize("text, seeds", [("3", [3]), ("0-4", [0, 1, 2, 3, 4]), ("7,2-3,2", [7, 2, 3]), (" 0 1, 2 ", [0, 1, 2])])
 def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["", "a", "4-2", "1-", "-3", "1,,2"])
+@pytest.mark.parametrize("text", ["", "a", "4-2", "1-", "-3", "1;2"])
 def test_parse_seeds_refuses_what_is_not_seeds(text):
     with pytest.raises(ValueError, match="seeds must be numbers or ranges"):
         parse_seeds(text)
