@@ -123,7 +123,6 @@ def _student_schedule(path: str | None, student_dir: str):
 
 def cmd_long_rollout(args) -> int:
     import json
-    from dataclasses import replace
 
     from .long_rollout import long_rollouts, parse_seeds
     from .pose_probe import load_probe
@@ -131,7 +130,7 @@ def cmd_long_rollout(args) -> int:
     device = _device(args.device)
     seeds = parse_seeds(args.seeds)
     probe = load_probe(args.probe, device)
-    config = replace(world_stream_config(_student_schedule(args.schedule, args.student)), max_sessions=len(seeds))
+    config = world_stream_config(_student_schedule(args.schedule, args.student), max_sessions=len(seeds))
     reports = long_rollouts(world_streaming(args.student, device=device, config=config), probe, seeds=seeds,
                             minutes=args.minutes, map_seed=args.map_seed, out_dir=args.out)
     for report in reports:

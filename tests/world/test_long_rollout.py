@@ -163,3 +163,13 @@ def test_a_minute_of_the_shipped_student_is_reported_beside_the_world_at_its_pos
     for name in ("mean_intensity", "contrast", "sharpness"):
         assert batched["per_minute"][0][name] == pytest.approx(minute[name], rel=1e-3), name
     assert other["per_minute"][0]["ground_truth"] != minute["ground_truth"]          # another player's keys
+
+
+@pytest.mark.parametrize("extra, message", [(["--seeds", "1;2"], "seeds must be numbers or ranges"),
+                                            ([], "no pose probe at")])
+def test_cli_long_rollout_refuses_bad_seeds_and_a_missing_probe(tmp_path, capsys, extra, message):
+    from lingbot_rt.cli import main
+    from lingbot_rt.world.shipped import shipped_student_dir
+    assert main(["world", "long-rollout", "--student", str(shipped_student_dir()), "--probe",
+                 str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "out"), "--device", "cpu", *extra]) == 2
+    assert message in capsys.readouterr().err
