@@ -5,7 +5,7 @@ the truth leaves says nothing about a student's collapse. Resumes (one JSON line
 <out>.jsonl until the result is written); `--workers` renders seeds in parallel processes.
 
     python benchmarks/world/truth_minutes.py --probe benchmarks/results/world/pose_probe.safetensors \
-        --seeds 0-49 --workers 2 --out benchmarks/results/world/truth_minutes_map7_probe2.json
+        --seeds 0-49 --workers 2 --out runs/truth_minutes_map7.json
 """
 from __future__ import annotations
 

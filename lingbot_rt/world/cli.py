@@ -105,7 +105,7 @@ def cmd_eval(args) -> int:
     if args.decoder:
         from ..model.tiny_decoder import load_tiny_decoder
         decoder = load_tiny_decoder(args.decoder, device=device)
-    report = evaluate_model(sample, vae, world_text_encoder(device), clips, probe.eval(), text_len=TEXT_LEN,
+    report = evaluate_model(sample, vae, world_text_encoder(device), clips, probe, text_len=TEXT_LEN,
                             out_dir=args.out, decoder=decoder)
     summary = {k: report[k]["psnr_3s"] for k in ("model", "copy_first_frame", "vae_reconstruction")}
     if decoder is not None:
