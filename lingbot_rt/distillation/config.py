@@ -42,8 +42,11 @@ class StudentSchedule:
     window_frames: int = 15
     full_frames: int | None = None                  # compressed memory (`CacheConfig`); None: all at full resolution
     memory_pool: tuple[int, int] = (1, 1)
+    action_guidance: float = 0.0                    # inference: guidance on the block's control (`generate_block`)
 
     def __post_init__(self):
+        if self.action_guidance < 0:
+            raise ValueError(f"action_guidance must be >= 0, got {self.action_guidance}")
         if any(i * self.teacher_steps % NUM_TRAIN_TIMESTEPS for i in self.indices):
             raise ValueError(f"student indices {self.indices} must be multiples of 1000 / teacher_steps "
                              f"(= {NUM_TRAIN_TIMESTEPS / self.teacher_steps:g}), so each student step is a "

@@ -53,13 +53,13 @@ def check_recompute_safe(cache_cfg: CacheConfig, num_frames: int) -> None:
 def student_rollout(student: CausalWanModel, context: torch.Tensor, y: torch.Tensor, control: torch.Tensor,
                     schedule: FewStepSchedule, cache_cfg: CacheConfig, generator: torch.Generator,
                     exit_step: int | None = None, cache_dtype: torch.dtype = torch.float32,
-                    grad_from: int = 0) -> torch.Tensor:
+                    grad_from: int = 0, action_guidance: float = 0.0) -> torch.Tensor:
     """Generate clips [B, 16, F, h, w] (F = y's latent frames) with the student streaming.
     `exit_step` None = the full schedule (inference); gradients as described above when
     enabled by the caller, for the blocks from latent frame `grad_from` (a block boundary) on;
     the blocks before it take the full schedule without gradient. `cache_dtype`: the K/V
     cache's, normally the compute dtype (bf16 under autocast, where K/V are computed in bf16:
-    what inference stores)."""
+    what inference stores). `action_guidance`: inference only (`generate_block`)."""
     batch, _, num_frames, h, w = y.shape
     if grad_from % cache_cfg.block_frames or not 0 <= grad_from < num_frames:
         raise ValueError(f"grad_from must be a block boundary (a multiple of {cache_cfg.block_frames}) before "
@@ -78,5 +78,6 @@ def student_rollout(student: CausalWanModel, context: torch.Tensor, y: torch.Ten
         with torch.set_grad_enabled(torch.is_grad_enabled() and not context_block):
             blocks.append(generate_block(student, cache, slots, noise, schedule, y=y[:, :, frames],
                                          control=control[:, :, frames], generator=generator, commit=commit,
-                                         exit_step=None if context_block else exit_step))
+                                         exit_step=None if context_block else exit_step,
+                                         action_guidance=action_guidance))
     return torch.cat(blocks, 2)

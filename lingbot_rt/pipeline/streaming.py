@@ -68,6 +68,7 @@ class StreamConfig:
     full_frames: int | None = None                       # compressed memory (`CacheConfig`): window frames
     memory_pool: tuple[int, int] = (1, 1)                # kept at full resolution, patch of the pooled ones
     commit: str = "clean"                                # or "last_step": 4 forwards per block
+    action_guidance: float = 0.0                         # guidance on the block's control (`generate_block`)
     compile: str = "off"                                 # torch.compile of the DiT block (off or an inductor
                                                          # mode) and of the VAE's streaming encoder and decoder
     fused_qkv: bool = False                              # one QKV GEMM per self-attention
@@ -82,6 +83,8 @@ class StreamConfig:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.action_guidance < 0:
+            raise ValueError(f"action_guidance must be >= 0, got {self.action_guidance}")
         if self.max_sessions < 1 or self.fps < 1:
             raise ValueError(f"max_sessions and fps must be >= 1, got {self.max_sessions}, {self.fps}")
         for size in (self.height, self.width):
@@ -276,7 +279,7 @@ class StreamingInference:
                                          device=self.device) for s in sessions])
         latents = generate_block(self.dit, self.cache, [s.slot for s in sessions], noise, self.schedule,
                                  y=y, control=control, generator=[s.generator for s in sessions],
-                                 commit=self.config.commit)
+                                 commit=self.config.commit, action_guidance=self.config.action_guidance)
         for session, plan in zip(sessions, plans):
             session.pose = session.latent_pose = plan.poses[-1]
             session.num_latent_frames += frames

@@ -92,7 +92,7 @@ def cmd_eval(args) -> int:
         sample = teacher_sampler(model, num_steps=args.steps, guidance=args.guidance)
     else:
         student = _student_schedule(args.schedule, args.student)
-        sample = student_sampler(model, student.schedule(), student.cache())
+        sample = student_sampler(model, student.schedule(), student.cache(), action_guidance=student.action_guidance)
     clips = load_clip_tensors(args.data, max_clips=args.clips, device=device)
     probe_path = Path(args.probe or Path(args.out) / "probe.safetensors")
     if args.probe or probe_path.is_file():

@@ -101,16 +101,18 @@ def teacher_sampler(model, *, num_steps: int = 50, shift: float = 3.0, guidance:
     return sample
 
 
-def student_sampler(model, schedule: FewStepSchedule, cache_cfg: CacheConfig) -> Sampler:
-    """The block-causal student streaming with its KV cache (`student_rollout`), no guidance."""
+def student_sampler(model, schedule: FewStepSchedule, cache_cfg: CacheConfig, action_guidance: float = 0.0) -> Sampler:
+    """The block-causal student streaming with its KV cache (`student_rollout`), guided on the
+    control by `action_guidance` only (`generate_block`)."""
     from ..distillation.self_forcing import student_rollout
 
     def sample(data: ConditionedClips, index, noise, generator):
         return student_rollout(model, data.context[index], data.y[index], data.control[index], schedule,
-                               cache_cfg, generator)
+                               cache_cfg, generator, action_guidance=action_guidance)
     sample.info = {"kind": "student", "sigmas": list(schedule.sigmas), "block_frames": cache_cfg.block_frames,
                    "sink_frames": cache_cfg.sink_frames, "window_frames": cache_cfg.window_frames,
-                   "full_frames": cache_cfg.recent_frames, "memory_pool": list(cache_cfg.memory_pool)}
+                   "full_frames": cache_cfg.recent_frames, "memory_pool": list(cache_cfg.memory_pool),
+                   "action_guidance": action_guidance}
     return sample
 
 

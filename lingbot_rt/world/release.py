@@ -37,7 +37,7 @@ from .train_vae import VAE_CONFIG, load_trained_vae
 DEFAULT_RELEASE = "ckpt/world"      # what `lingbot-rt serve` and the demo play when given no release
 SOURCE_FILE = "SOURCE"
 STREAM_FIELDS = ("schedule_indices", "shift", "block_frames", "sink_frames", "window_frames", "full_frames",
-                 "memory_pool", "intrinsics", "decoder")
+                 "memory_pool", "action_guidance", "intrinsics", "decoder")
 
 
 def _weights_digest(weights: Path) -> str:

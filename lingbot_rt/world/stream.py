@@ -40,6 +40,7 @@ def world_stream_config(student: StudentSchedule = StudentSchedule(), max_sessio
     on the 2-core CPU (`benchmarks/results/world/fps_world_128_cpu_*.json`)."""
     layout = {name: getattr(student, name) for name in LAYOUT_FIELDS}
     return StreamConfig(height=size, width=size, schedule_indices=student.indices, shift=student.shift, **layout,
+                        action_guidance=student.action_guidance,
                         max_sessions=max_sessions, intrinsics=world_intrinsics(size, size), decoder=decoder)
 
 

@@ -69,6 +69,8 @@ def test_a_student_directory_records_its_schedule(tmp_path):
 def test_schedule_off_the_grid_and_unknown_keys_are_refused():
     with pytest.raises(ValueError, match="multiples of 1000 / teacher_steps"):
         StudentSchedule(indices=(0, 260))
+    with pytest.raises(ValueError, match="action_guidance must be >= 0"):
+        StudentSchedule(action_guidance=-0.5)
     with pytest.raises(ValueError, match="unknown key"):
         config_from_dict(DMDConfig, {"student": {"indices": [0, 250], "stride": 3}})
     assert config_from_dict(DMDConfig, {"student": {"indices": [0, 500]}}).student.indices == (0, 500)

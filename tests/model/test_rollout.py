@@ -69,3 +69,35 @@ def test_last_step_commit_skips_the_clean_pass_and_is_deterministic():
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
     with pytest.raises(ValueError, match="commit must be"):
         generate_block(model, cache, [0], x, FewStepSchedule.from_indices(), commit="never")
+
+
+@torch.no_grad()
+def test_action_guidance_is_cfg_on_the_block_control_with_the_history_kept():
+    model = make_model()
+    x, y, control, context = make_inputs(model, frames=3)
+    schedule, guidance = FewStepSchedule.from_indices(), 0.7
+    caches = []
+    for _ in range(2):      # a committed first block, so the guided block reads a history
+        cache = model.new_cache(CacheConfig(), 1, (4, 4))
+        model.start_sessions(cache, [0], context)
+        generate_block(model, cache, [0], x, schedule, y=y, control=control, generator=torch.Generator().manual_seed(1))
+        caches.append(cache)
+    counting = CountingModel(model)
+    out = generate_block(counting, caches[0], [0], x, schedule, y=y, control=-control,
+                         generator=torch.Generator().manual_seed(7), action_guidance=guidance)
+    assert counting.commits == [False] * 8 + [True] and caches[0].num_frames == [6]
+    g, xt, null = torch.Generator().manual_seed(7), x, torch.zeros_like(control)
+    for k, (sigma, t) in enumerate(zip(schedule.sigmas, schedule.timesteps)):
+        v = model.forward_block(xt, torch.tensor([t]), caches[1], y=y, control=-control)
+        v_null = model.forward_block(xt, torch.tensor([t]), caches[1], y=y, control=null)
+        x0 = xt - sigma * (v + guidance * (v - v_null))
+        if k < 3:
+            xt = (1 - schedule.sigmas[k + 1]) * x0 + schedule.sigmas[k + 1] * torch.randn(x.shape, generator=g)
+    torch.testing.assert_close(out, x0)
+    unguided = generate_block(model, caches[1], [0], x, schedule, y=y, control=-control,
+                              generator=torch.Generator().manual_seed(7))
+    assert (out - unguided).abs().max() > 1e-3          # the guidance changed the block
+    with pytest.raises(ValueError, match="action_guidance must be >= 0"):
+        generate_block(model, caches[1], [0], x, schedule, y=y, control=control, action_guidance=-1.0)
+    with pytest.raises(ValueError, match="needs the block's control"):
+        generate_block(model, caches[1], [0], x, schedule, y=y, action_guidance=1.0)

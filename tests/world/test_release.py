@@ -84,3 +84,14 @@ def test_bad_stream_settings_in_a_manifest_are_named(tmp_path, release, stream, 
     (root / MANIFEST_FILE).write_text(json.dumps({**manifest, "stream": stream}))
     with pytest.raises(CheckpointError, match=match):
         release_stream_config(root)
+
+
+def test_a_student_recording_action_guidance_is_served_with_it(tmp_path):
+    import shutil
+    weights = tmp_path / "weights"
+    shutil.copytree(SHIPPED_DIR, weights)
+    path = shipped_student_dir(weights) / "student_schedule.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"action_guidance": 0.5}))
+    served = release_stream_config(make_world_release(tmp_path / "world", weights))
+    assert served.action_guidance == 0.5 and served == world_stream_config(student_schedule(shipped_student_dir(weights)))
+    assert release_stream_config(make_world_release(tmp_path / "default")).action_guidance == 0.0

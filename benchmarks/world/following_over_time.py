@@ -1,0 +1,127 @@
+"""Where a student's action following goes in long play: the pose probe's yaw and forward
+direction accuracy per `--segment` seconds of a scripted session (`long_rollout`'s players,
+batched), on the student's frames, on the world's true frames at the same poses, and on those
+true frames passed through the world VAE (encoded, then decoded by the decoder the stream
+uses): what the student's decoder allows. A student whose following falls below the
+VAE-passed truth lost it in the DiT, not in the decoder.
+
+    python benchmarks/world/following_over_time.py --student lingbot_rt/world/weights/student \
+        --seeds 0-3 --seconds 120 --out runs/following_over_time.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lingbot_rt.model.vae import video_to_uint8
+from lingbot_rt.world.evaluate import FPS, action_following
+from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute
+from lingbot_rt.world.map import generate_map, spawn_pose
+from lingbot_rt.world.pose_probe import load_probe
+from lingbot_rt.world.renderer import Renderer
+from lingbot_rt.distillation.config import student_schedule
+from lingbot_rt.world.stream import world_stream_config, world_streaming
+
+SOURCES = ("student", "truth", "truth_through_vae")
+
+
+@torch.no_grad()
+def stream_frames(pipeline, players: list[ScriptedSession]) -> dict[int, np.ndarray]:
+    """Every player's whole session, batched as `long_rollouts` does: {seed: uint8 [T, H, W, 3]}."""
+    frames = {p.seed: [] for p in players}
+    with tqdm(total=sum(p.num_frames for p in players), unit="frame", desc="student") as bar:
+        while live := [p for p in players if not p.done]:
+            plans = [pipeline.plan(p.session, p.actions.block(*pipeline.actions_needed(p.session))) for p in live]
+            for player, plan, block in zip(live, plans, pipeline.denoise([p.session for p in live], plans)):
+                keep = min(plan.num_frames, player.num_frames - plan.first_frame)
+                frames[player.seed].append(pipeline.decode(player.session, block)[:keep])
+                bar.update(keep)
+    return {seed: np.concatenate(f) for seed, f in frames.items()}
+
+
+@torch.no_grad()
+def through_vae(pipeline, frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] (T = 4n+1) encoded by the VAE and decoded as the stream decodes."""
+    video = torch.from_numpy(frames).to(pipeline.device).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    decoder = (pipeline.decoder or pipeline.vae).stream_decoder()
+    return video_to_uint8(decoder.decode(pipeline.vae.encode(video))[0]).cpu().numpy()
+
+
+def segment_following(probe, frames: np.ndarray, poses: np.ndarray, segment: int) -> list[dict]:
+    device = next(probe.parameters()).device
+    rows = []
+    for start in range(0, len(frames) - segment + 1, segment):
+        cut = slice(start, start + segment)
+        a = action_following(probe, torch.from_numpy(frames[cut])[None].to(device),
+                             torch.from_numpy(poses[cut])[None].to(device))
+        rows.append({"second": start // FPS, "yaw": a["yaw_direction_accuracy"],
+                     "forward": a["forward_direction_accuracy"], "moving_steps": a["moving_steps"]})
+    return rows
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if r[key] is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--probe", default="benchmarks/results/world/pose_probe.safetensors")
+    ap.add_argument("--seeds", default="0-3")
+    ap.add_argument("--seconds", type=int, default=120, help="session length (a multiple of --segment)")
+    ap.add_argument("--segment", type=int, default=10, help="seconds per scored segment")
+    ap.add_argument("--map-seed", type=int, default=7)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    if args.seconds < args.segment or args.seconds % args.segment:
+        ap.error(f"--seconds must be a positive multiple of --segment ({args.segment}), got {args.seconds}")
+
+    probe = load_probe(args.probe, args.device)
+    config = world_stream_config(student_schedule(args.student), max_sessions=len(seeds))
+    pipeline = world_streaming(args.student, device=args.device, config=config)
+    world = generate_map(args.map_seed)
+    renderer, intrinsics = Renderer(world), world.config.intrinsics(pipeline.height, pipeline.width)
+    image = renderer.render(spawn_pose(world, 0)[None], intrinsics, pipeline.height, pipeline.width)[0].numpy()
+    num_frames = args.seconds * FPS + 1
+    players = [ScriptedSession(pipeline, world, image, seed, num_frames) for seed in seeds]
+    try:
+        generated = stream_frames(pipeline, players)
+    finally:
+        for player in players:
+            pipeline.close_session(player.session)
+
+    segment, per_seed = args.segment * FPS, {}
+    for player in tqdm(players, desc="scoring"):
+        poses = player.world_poses[:num_frames]
+        truth = render_minute(renderer, intrinsics, poses, pipeline.height, pipeline.width)
+        sources = {"student": generated[player.seed], "truth": truth, "truth_through_vae": through_vae(pipeline, truth)}
+        per_seed[player.seed] = {name: segment_following(probe, frames[:num_frames - 1], poses[:num_frames - 1], segment)
+                                 for name, frames in sources.items()}
+    summary = {name: {"forward": mean_of([r for s in per_seed.values() for r in s[name]], "forward"),
+                      "yaw": mean_of([r for s in per_seed.values() for r in s[name]], "yaw")} for name in SOURCES}
+    by_segment = [{"second": i * args.segment,
+                   **{name: mean_of([s[name][i] for s in per_seed.values()], "forward") for name in SOURCES}}
+                  for i in range(args.seconds // args.segment)]
+    result = {"student": args.student, "probe": args.probe, "seeds": seeds, "seconds": args.seconds,
+              "segment_seconds": args.segment, "map_seed": args.map_seed, "device": args.device,
+              "mean": summary, "forward_by_segment": by_segment, "per_seed": per_seed}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print("second  " + "  ".join(SOURCES))
+    for row in by_segment:
+        print(f"{row['second']:6d}  " + "  ".join(f"{row[name]:.3f}" if row[name] is not None else "  -  "
+                                                  for name in SOURCES))
+    print("mean forward / yaw: " + ", ".join(f"{n} {summary[n]['forward']} / {summary[n]['yaw']}" for n in SOURCES))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
