@@ -11,6 +11,7 @@ VAE-passed truth lost it in the DiT, not in the decoder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0-3")
     ap.add_argument("--seconds", type=int, default=120, help="session length (a multiple of --segment)")
     ap.add_argument("--segment", type=int, default=10, help="seconds per scored segment")
+    ap.add_argument("--action-guidance", type=float, default=None,
+                    help="stream with this action guidance instead of the student's (`generate_block`)")
     ap.add_argument("--map-seed", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
@@ -85,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seconds must be a positive multiple of --segment ({args.segment}), got {args.seconds}")
 
     probe = load_probe(args.probe, args.device)
-    config = world_stream_config(student_schedule(args.student), max_sessions=len(seeds))
+    schedule = student_schedule(args.student)
+    if args.action_guidance is not None:
+        schedule = dataclasses.replace(schedule, action_guidance=args.action_guidance)
+    config = world_stream_config(schedule, max_sessions=len(seeds))
     pipeline = world_streaming(args.student, device=args.device, config=config)
     world = generate_map(args.map_seed)
     renderer, intrinsics = Renderer(world), world.config.intrinsics(pipeline.height, pipeline.width)
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     by_segment = [{"second": i * args.segment,
                    **{name: mean_of([s[name][i] for s in per_seed.values()], "forward") for name in SOURCES}}
                   for i in range(args.seconds // args.segment)]
-    result = {"student": args.student, "probe": args.probe, "seeds": seeds, "seconds": args.seconds,
+    result = {"student": args.student, "action_guidance": schedule.action_guidance, "probe": args.probe, "seeds": seeds, "seconds": args.seconds,
               "segment_seconds": args.segment, "map_seed": args.map_seed, "device": args.device,
               "mean": summary, "forward_by_segment": by_segment, "per_seed": per_seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
