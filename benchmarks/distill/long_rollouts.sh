@@ -5,6 +5,10 @@
 # limit); each seed's report is rewritten as its minutes close, so a stopped run leaves its
 # closed minutes ("complete": false). An entry is name=student-dir[:schedule-yaml] (a
 # StudentSchedule, e.g. a compressed memory's).
+# Each process renders the truth, runs the probe and decodes its sessions on one core: on a
+# 16-core GPU machine 20 single-seed runs (ROOT and SEEDS per run) finish 10 minutes in 330 s,
+# where 10 processes of 10 seeds each (half with action guidance, beside two evaluations) reached
+# 7-9 minutes in 480 s (results/distill/README.md, eighth run).
 #   STUDENTS="lh=runs/lh/dmd_lh/student ctl=runs/lh/dmd_ctl/student" SEEDS=0-49 \
 #       bash benchmarks/distill/long_rollouts.sh
 set -euo pipefail
