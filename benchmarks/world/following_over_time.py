@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from lingbot_rt.model.vae import video_to_uint8
 from lingbot_rt.world.evaluate import FPS, action_following
-from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute
+from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute, stream_blocks
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.pose_probe import load_probe
 from lingbot_rt.world.renderer import Renderer
@@ -36,12 +36,9 @@ def stream_frames(pipeline, players: list[ScriptedSession]) -> dict[int, np.ndar
     """Every player's whole session, batched as `long_rollouts` does: {seed: uint8 [T, H, W, 3]}."""
     frames = {p.seed: [] for p in players}
     with tqdm(total=sum(p.num_frames for p in players), unit="frame", desc="student") as bar:
-        while live := [p for p in players if not p.done]:
-            plans = [pipeline.plan(p.session, p.actions.block(*pipeline.actions_needed(p.session))) for p in live]
-            for player, plan, block in zip(live, plans, pipeline.denoise([p.session for p in live], plans)):
-                keep = min(plan.num_frames, player.num_frames - plan.first_frame)
-                frames[player.seed].append(pipeline.decode(player.session, block)[:keep])
-                bar.update(keep)
+        for player, block, _ in stream_blocks(pipeline, players):
+            frames[player.seed].append(block)
+            bar.update(len(block))
     return {seed: np.concatenate(f) for seed, f in frames.items()}
 
 

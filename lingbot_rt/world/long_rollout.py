@@ -205,6 +205,19 @@ class ScriptedSession:
 
 
 @torch.no_grad()
+def stream_blocks(pipeline: StreamingInference, players: list[ScriptedSession]):
+    """Every player's session block by block, the live sessions batched through the pipeline's
+    `denoise` as the server batches its players: yields (player, uint8 frames [T, H, W, 3],
+    c2w poses [T, 4, 4]), each session cut at its `num_frames`."""
+    while live := [p for p in players if not p.done]:
+        plans = [pipeline.plan(p.session, p.actions.block(*pipeline.actions_needed(p.session))) for p in live]
+        latents = pipeline.denoise([p.session for p in live], plans)
+        for player, plan, block in zip(live, plans, latents):
+            keep = min(plan.num_frames, player.num_frames - plan.first_frame)
+            yield player, pipeline.decode(player.session, block)[:keep], plan.poses[:keep]
+
+
+@torch.no_grad()
 def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list[int], minutes: float = 10.0,
                   map_seed: int = 7, out_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
     """`minutes` of scripted play for every seed, the sessions batched through the pipeline's
@@ -229,15 +242,10 @@ def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list
         for seed in seeds:
             players.append(ScriptedSession(pipeline, world, image, seed, num_frames))
         with tqdm(total=num_frames * len(seeds), unit="frame", desc="long rollouts", disable=not progress) as bar:
-            while live := [p for p in players if not p.done]:
-                plans = [pipeline.plan(p.session, p.actions.block(*pipeline.actions_needed(p.session))) for p in live]
-                latents = pipeline.denoise([p.session for p in live], plans)
-                for player, plan, block in zip(live, plans, latents):
-                    keep = min(plan.num_frames, num_frames - plan.first_frame)
-                    frames = pipeline.decode(player.session, block)[:keep]
-                    if player.add(frames, plan.poses[:keep], renderer, intrinsics, probe) and out_dir is not None:
-                        _write_report(player, image, num_frames, map_seed, (height, width), out_dir)
-                    bar.update(keep)
+            for player, frames, poses in stream_blocks(pipeline, players):
+                if player.add(frames, poses, renderer, intrinsics, probe) and out_dir is not None:
+                    _write_report(player, image, num_frames, map_seed, (height, width), out_dir)
+                bar.update(len(frames))
     finally:
         for player in players:
             pipeline.close_session(player.session)
