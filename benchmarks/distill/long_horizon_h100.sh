@@ -9,7 +9,9 @@
 # clips of LONG latent frames: TRAIN_FRAMES=$((4 * LONG + 1))), START the student they start
 # from, ROLL=0 skips the rollouts (then `long_rollouts.sh` in a call of its own), EVAL=0 the
 # held-out evaluations; FULL (and POOL, default "2, 2") trains and evaluates with a compressed
-# memory (`StudentSchedule.full_frames`, `memory_pool`).
+# memory (`StudentSchedule.full_frames`, `memory_pool`). ACTIONS="name=weight ..." adds `lt` runs
+# with the action loss at that weight (`action_loss.py`), first training the latent motion probe
+# on the training clips (latent_probe.safetensors, its held-out accuracy in latent_probe.log).
 #   OUT=$OUT bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -22,6 +24,17 @@ printf "$RECIPE" > "$ROOT/dmd.yaml"
 printf "${RECIPE}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
 printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
 declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml" [lt]="$ROOT/dmd_lt.yaml")
+for spec in ${ACTIONS:-}; do
+    name=${spec%%=*}; config[$name]="$ROOT/dmd_$name.yaml"
+    printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\naction_loss_weight: ${spec#*=}\naction_probe: $ROOT/latent_probe.safetensors\n" \
+        > "${config[$name]}"
+done
+if [ -n "${ACTIONS:-}" ]; then
+    [ -f "$ROOT/heldout/dataset.json" ] || gen_data "${CLIPS:-512}" 32
+    $distill latent-probe --data "$ROOT/data" --vae "$WEIGHTS" --out "$ROOT/latent_probe.safetensors" \
+        --device "$DEVICE" > "$ROOT/latent_probe.log" 2>&1
+    stamp "latent probe at ${SECONDS}s: $(tail -1 "$ROOT/latent_probe.log")"
+fi
 runs=""; students=""
 for name in $NAMES; do
     runs+=" $name=$START:5e-5:1.5:${config[$name]}"; students+=" $name=$ROOT/export_$name/student"

@@ -4,6 +4,7 @@
     lingbot-rt distill causal-init --teacher T --data D --vae V --pairs runs/pairs --out runs/init
     lingbot-rt distill dmd --student runs/init/student --teacher T --data D --vae V --out runs/dmd \
         [--workers 2 --gpus-per-worker 1] [--strategy fsdp --activation-checkpointing]
+    lingbot-rt distill latent-probe --data D --vae V --out runs/latent_probe.safetensors   # for --action-loss-weight
     torchrun --nproc_per_node=8 -m lingbot_rt.distillation.cli dmd ...     # = distillation/train_dmd.py
     lingbot-rt distill memory-plan --config lingbot-14b --gpus 8 --gpu-gb 80
 
@@ -73,7 +74,8 @@ def cmd_dmd(args) -> int:
     from .job import DMDJob, train_from_env
     config = replace(_load_config(DMDConfig, args.config), **_given(
         args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "data_loss_weight", "strategy",
-        "activation_checkpointing", "rollout_frames", "window_anchor", "score_frames"))
+        "activation_checkpointing", "rollout_frames", "window_anchor", "score_frames", "action_loss_weight",
+        "action_probe"))
     load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips,
                         keep_starts=config.window_anchor == "truth")
     job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic,
@@ -87,6 +89,20 @@ def cmd_dmd(args) -> int:
         ray.init()                           # joins RAY_ADDRESS's cluster if set, else starts one here
         run_ray_job(job, args.workers, args.gpus_per_worker)
     print(f"DMD student written to {args.out}/{STUDENT_DIR}")
+    return 0
+
+
+def cmd_latent_probe(args) -> int:
+    import json
+
+    from ..world.latents import load_conditioned_clips
+    from .action_loss import save_latent_probe, train_latent_probe
+    device = _device(args.device)
+    data = load_conditioned_clips(args.data, args.vae, device, args.max_clips)
+    probe, accuracy = train_latent_probe(data, steps=args.steps, seed=args.seed or 0)
+    save_latent_probe(probe, args.out, data=args.data, steps=args.steps, **accuracy)
+    print(f"latent motion probe written to {args.out}; on {accuracy['held_out_clips']} held-out clips: "
+          f"{json.dumps(accuracy)}")
     return 0
 
 
@@ -156,12 +172,27 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "the true frame there (truth: clips at least --rollout-frames long)")
     p.add_argument("--score-frames", type=int,
                    help="latent frames of the windows the scores see (default 0: the clips' length)")
+    p.add_argument("--action-loss-weight", type=float,
+                   help="add this x the action loss (a latent motion probe against the commanded motion) to the "
+                        "generator's (default 0)")
+    p.add_argument("--action-probe", help="the latent motion probe the action loss reads (`distill latent-probe`)")
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.add_argument("--strategy", choices=STRATEGIES, help="ddp: whole replicas; fsdp: FSDP2 shards (14B class)")
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute each DiT block in backward (student and critic)")
     p.set_defaults(func=cmd_dmd)
+
+    p = sub.add_parser("latent-probe", help="train the latent motion probe of the action loss on the data's "
+                       "latents and camera motions")
+    p.add_argument("--data", required=True, help="a `world gen-data` directory")
+    p.add_argument("--vae", required=True, help="the data's VAE (a train-vae directory, or lingbot_rt/world/weights)")
+    p.add_argument("--out", required=True, help="the probe's safetensors file")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--max-clips", type=int, help="use the first N clips of --data")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.set_defaults(func=cmd_latent_probe)
 
     from .memory_plan import add_arguments
     p = sub.add_parser("memory-plan", help="per-GPU memory of DMD at full size, counted on the meta device")

@@ -137,6 +137,9 @@ class DMDConfig:
     ema_decay: float = 0.99
     data_loss_weight: float = 0.0   # + this x the teacher-forcing flow-matching loss on the real clips in
                                     # the generator's loss (0: DMD alone); keeps the student near the data
+    action_loss_weight: float = 0.0  # + this x the action loss (`action_loss.py`) on the rollouts the DMD loss
+                                     # scores: a latent motion probe against the commanded camera motion
+    action_probe: str | None = None  # the latent motion probe's safetensors (`lingbot-rt distill latent-probe`)
     rollout_frames: int = 0         # long-horizon DMD (`long_horizon.py`): roll the student out to up to this many
                                     # latent frames, past its KV window, and score the last clip-length window;
                                     # 0: rollouts as long as the clips (Self-Forcing)
@@ -160,8 +163,16 @@ class DMDConfig:
                              f"{self.rollout_frames}, {self.score_frames}")
         if self.window_anchor not in WINDOW_ANCHORS:
             raise ValueError(f"window_anchor must be one of {WINDOW_ANCHORS}, got {self.window_anchor!r}")
-        if self.data_loss_weight < 0:
-            raise ValueError(f"data_loss_weight must be >= 0, got {self.data_loss_weight}")
+        if self.data_loss_weight < 0 or self.action_loss_weight < 0:
+            raise ValueError(f"data_loss_weight and action_loss_weight must be >= 0, got {self.data_loss_weight}, "
+                             f"{self.action_loss_weight}")
+        if self.action_loss_weight and not self.action_probe:
+            raise ValueError("action_loss_weight needs action_probe: a latent motion probe (`lingbot-rt distill "
+                             "latent-probe`)")
+        if self.action_loss_weight and self.rollout_frames and self.window_anchor != "truth":
+            raise ValueError("the action loss scores rollouts against their clips' camera motions: with "
+                             "rollout_frames, it needs window_anchor 'truth' (rollouts along the clips' own paths; "
+                             "'rollout' chains other clips' motions)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.update_ratio < 1 or self.batch_size < 1:

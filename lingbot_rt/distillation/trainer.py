@@ -54,6 +54,7 @@ from ..model.dit import CausalWanModel
 from ..model.vae import WanVAE
 from ..world.latents import ConditionedClips
 from ..world.training import EMA, Budget, JsonlLog
+from .action_loss import action_loss, load_latent_probe
 from .causal_init import STUDENT_DIR, teacher_forcing_loss
 from .config import DMDConfig, save_student_schedule
 from .distributed import Ranks, average_gradients
@@ -109,6 +110,12 @@ class DMDTrainer:
                                  f"{data.num_frames}) loaded with their start images (keep_starts)")
         if config.activation_checkpointing:
             check_recompute_safe(self.cache_cfg, self.lengths[-1])
+        self.action_probe = None
+        if config.action_loss_weight:
+            if data.motion is None:
+                raise ValueError("the action loss needs the clips' camera motions (ConditionedClips.motion): "
+                                 "condition them with `condition_clips`")
+            self.action_probe = load_latent_probe(config.action_probe, self.device)
         torch.manual_seed(config.seed)
         critic_dir = critic_dir or teacher_dir
         if config.strategy == "fsdp":
@@ -229,10 +236,11 @@ class DMDTrainer:
         return total, grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
 
     def _rollout(self, index: torch.Tensor, length: int, exit_step: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, Conditions, int]:
+                 generator: torch.Generator) -> tuple[torch.Tensor, Conditions, int, torch.Tensor | None]:
         """The student's rollout of `length` latent frames for clips `index`; returns the window the
-        scores see (its last clip-length frames), their conditions and the window's first frame
-        that the DMD loss covers (`long_horizon.py`)."""
+        scores see (its last clip-length frames), their conditions, the window's first frame
+        that the DMD loss covers (`long_horizon.py`) and the window's commanded motions (None
+        without an action loss)."""
         clips, truth = self.clips, self.config.window_anchor == "truth"
         clip_frames = clips.num_frames
         control, y = clips.control[index], clips.y[index]
@@ -242,14 +250,15 @@ class DMDTrainer:
             control, y = long_controls(clips, index, length, generator), long_image_condition(y, length)
         x = student_rollout(self.student, clips.context[index], y, control, self.schedule, self.cache_cfg, generator,
                             exit_step=exit_step, cache_dtype=self.compute_dtype, grad_from=length - clip_frames)
-        if length == clip_frames:
-            return x, Conditions.of_clips(clips, index), 0
         start = length - clip_frames
+        motion = None if self.action_probe is None else self.data.motion[index, start:length - 1]
+        if length == clip_frames:
+            return x, Conditions.of_clips(clips, index), 0, motion
         window = x[:, :, start:]
         with torch.autocast(self.device.type, enabled=False):
             image = self.data.start_images(index, start) if truth else decoded_first_frame(self.vae, window)
             cond = window_conditions(self.vae, image, control[:, :, start:], clips, index)
-        return window, cond, 1
+        return window, cond, 1, motion
 
     def train_step(self) -> dict:
         config, data, device = self.config, self.data, self.device
@@ -268,7 +277,7 @@ class DMDTrainer:
             length = self.lengths[int(torch.randint(len(self.lengths), (1,), generator=shared, device=device))]
             record["rollout_frames"] = length
         with autocast, torch.set_grad_enabled(generator_step):
-            x, cond, first_frame = self._rollout(index, length, exit_step, local)
+            x, cond, first_frame, motion = self._rollout(index, length, exit_step, local)
         if generator_step:
             sigma = sample_sigma(len(index), shift, low, high, local, device)
             noise = torch.randn(x.shape, generator=local, device=device)
@@ -278,6 +287,10 @@ class DMDTrainer:
                 with autocast:
                     loss, more = dmd_loss(x, self.teacher, self.critic, cond, sigma, noise,
                                           config.student.guidance, first_frame)
+                    if self.action_probe is not None:     # on the same samples: one graph, one backward
+                        action, action_stats = action_loss(self.action_probe, x, motion)
+                        loss = loss + config.action_loss_weight * action
+                        more |= action_stats
                 stats.update(more)
                 return loss
 

@@ -44,20 +44,29 @@ def _db(mse_value) -> float:
     return round(float(psnr_of_mse(torch.as_tensor(mse_value, dtype=torch.float64))), 3)
 
 
+def direction_accuracy(estimated: torch.Tensor, commanded: torch.Tensor) -> dict:
+    """Motions [N, 4] (right, forward, yaw, pitch; unscaled) -> the fraction of the steps that
+    turn (yaw) or move (forward) by the command where the estimate has the command's sign; None
+    where no step does."""
+    turning = commanded[:, 2].abs() > YAW_MOVING
+    moving = commanded[:, 1].abs() > FORWARD_MOVING
+
+    def agree(steps, axis):
+        return round((estimated[steps, axis].sign() == commanded[steps, axis].sign()).double().mean().item(), 4) \
+            if steps.any() else None
+    return {"yaw_direction_accuracy": agree(turning, 2), "forward_direction_accuracy": agree(moving, 1),
+            "turning_steps": int(turning.sum()), "moving_steps": int(moving.sum())}
+
+
 def action_following(probe: PoseProbe, frames: torch.Tensor, poses: torch.Tensor) -> dict:
     """frames uint8 [N, F, H, W, 3], poses [N, F, 4, 4] -> errors and direction accuracy."""
     estimated = torch.cat([probe.motion(clip) for clip in frames]).double().cpu()
     commanded = torch.cat([relative_motion(p[:-GAP].double(), p[GAP:].double()) for p in poses]).cpu()
-    turning = commanded[:, 2].abs() > YAW_MOVING
-    moving = commanded[:, 1].abs() > FORWARD_MOVING
+    accuracy = direction_accuracy(estimated, commanded)
     return {
         "yaw_error_deg": round(math.degrees((estimated[:, 2] - commanded[:, 2]).abs().mean().item()), 3),
         "forward_error": round((estimated[:, 1] - commanded[:, 1]).abs().mean().item(), 4),
-        "yaw_direction_accuracy": round((estimated[turning, 2].sign() == commanded[turning, 2].sign())
-                                        .double().mean().item(), 4) if turning.any() else None,
-        "forward_direction_accuracy": round((estimated[moving, 1].sign() == commanded[moving, 1].sign())
-                                            .double().mean().item(), 4) if moving.any() else None,
-        "turning_steps": int(turning.sum()), "moving_steps": int(moving.sum()),
+        **accuracy,
     }
 
 

@@ -21,6 +21,7 @@ from ..model.image_condition import with_mask
 from ..model.text_encoder import TextEncoder
 from ..model.vae import WanVAE
 from .clips import ClipTensors
+from .pose_probe import relative_motion
 
 
 @dataclass
@@ -33,6 +34,9 @@ class ConditionedClips:
     # [N, F_lat, H, W, 3] uint8, kept on request: the video frame each latent frame would start
     # a clip from (frame 0, then 4t): a long clip's true image at any latent frame
     starts: torch.Tensor | None = None
+    # [N, F_lat - 1, 4] float32: the camera motion from each latent frame to the next (right,
+    # forward, yaw, pitch change; `pose_probe.relative_motion` of frames 4t and 4t + 4)
+    motion: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x0.shape[0]
@@ -48,8 +52,9 @@ class ConditionedClips:
             raise ValueError(f"a prefix of {frames} latent frames of clips of {self.num_frames}")
         cut = (slice(None), slice(None), slice(0, frames))
         starts = None if self.starts is None else self.starts[:, :frames]
+        motion = None if self.motion is None else self.motion[:, :frames - 1]
         return ConditionedClips(self.x0[cut], self.y[cut], self.control[cut], self.context, self.empty_context,
-                                starts)
+                                starts, motion)
 
     def start_images(self, index: torch.Tensor, frame: int) -> torch.Tensor:
         """[B, 3, H, W] float in [-1, 1]: clips `index`' true image at latent frame `frame`."""
@@ -91,20 +96,21 @@ def condition_clips(clips: ClipTensors, vae: WanVAE, text_encoder: TextEncoder, 
     """`keep_starts`: also keep each latent frame's start image (`ConditionedClips.starts`)."""
     device = torch.device(device)
     height, width = clips.frames.shape[2:4]
-    x0, y, control = [], [], []
+    x0, y, control, motion = [], [], [], []
     for start in tqdm(range(0, len(clips), batch_size), desc="encode clips", unit="batch", leave=False):
         frames = video_tensor(clips.frames[start:start + batch_size].to(device))
         x0.append(vae.encode(frames).to(torch.bfloat16))
         y.append(image_condition(vae, frames[:, :, 0], frames.shape[2]).to(torch.bfloat16))
         for index in range(start, min(start + batch_size, len(clips))):
-            poses = clips.poses[index, ::VIDEO_FRAMES_PER_LATENT].cpu().numpy()
-            control.append(control_embedding(poses, clips.intrinsics[index].cpu().numpy(), height, width,
+            poses = clips.poses[index, ::VIDEO_FRAMES_PER_LATENT].cpu()
+            control.append(control_embedding(poses.numpy(), clips.intrinsics[index].cpu().numpy(), height, width,
                                              control_type).to(device))
+            motion.append(relative_motion(poses[:-1].double(), poses[1:].double()).float())
     features = text_encoder.encode(clips.prompts + [""])
     padded = [pad_features(f, text_len).to(device, torch.bfloat16) for f in features]
     starts = clips.frames[:, ::VIDEO_FRAMES_PER_LATENT].to(device) if keep_starts else None
     return ConditionedClips(torch.cat(x0), torch.cat(y), torch.stack(control), torch.stack(padded[:-1]), padded[-1],
-                            starts)
+                            starts, torch.stack(motion).to(device))
 
 
 def load_conditioned_clips(data_dir, vae_dir, device: torch.device | str, max_clips: int | None = None,

@@ -1,0 +1,139 @@
+"""An action-following loss for DMD: a camera-motion probe on latents, scoring the student's
+rollouts against the motions their controls command.
+
+DMD matches the student's distribution to the teacher's on clip-length windows; nothing in it
+asks a window far into a rollout to move as its keys say. Measured on the built-in world
+(`benchmarks/results/distill/README.md`, eighth run): the shipped student's forward following
+over long play is 0.85 where the true frames through the VAE score 0.92, and the gap is the
+DiT's. A reward of that kind, differentiable, is an inverse-dynamics model: given two
+consecutive latent frames, the camera motion between them.
+
+`LatentMotionProbe` is that model on the VAE's latents (trained on the true clips' latents and
+exact poses, `train_latent_probe`; `lingbot-rt distill latent-probe`). It is a model of its own,
+separate from the pixel `PoseProbe` that the evaluations score with, so the student is not
+trained on the instrument it is measured with. `action_loss` runs it, frozen, on every pair of
+consecutive latent frames of the student's samples (with their graph) and takes the smooth-L1
+distance to the commanded motion, scaled as the probes' targets are (`MOTION_SCALE`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..world.evaluate import direction_accuracy
+from ..world.latents import ConditionedClips
+from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE
+
+LATENT_CHANNELS = 16
+
+
+class LatentMotionProbe(nn.Module):
+    """Two latent frames [N, 16, h, w] -> their camera motion [N, 4], scaled by `MOTION_SCALE`."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        widths = [2 * LATENT_CHANNELS, width, 2 * width, 2 * width, 4 * width]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=1 if i == 0 else 2, padding=1)
+                                   for i, (a, b) in enumerate(zip(widths, widths[1:])))
+        self.head = nn.Linear(widths[-1], len(MOTION_NAMES))
+
+    def forward(self, latent_a: torch.Tensor, latent_b: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([latent_a, latent_b], 1)
+        for conv in self.convs:
+            x = F.silu(conv(x))
+        return self.head(x.mean((2, 3)))
+
+    def pairs(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clips [B, 16, F, h, w] -> scaled motion [B, F - 1, 4] of every consecutive pair."""
+        batch, channels, frames, h, w = latents.shape
+        first = latents[:, :, :-1].transpose(1, 2).reshape(-1, channels, h, w)
+        second = latents[:, :, 1:].transpose(1, 2).reshape(-1, channels, h, w)
+        return self(first, second).view(batch, frames - 1, -1)
+
+
+def action_loss(probe: LatentMotionProbe, x: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The student's samples x [B, 16, F, h, w] (with their graph) against the commanded motion
+    [B, F - 1, 4] (unscaled) of their consecutive latent frames: the smooth-L1 loss of the
+    probe's estimate (gradient to x only; the probe is frozen) and the probe's direction
+    accuracies on the samples."""
+    if motion.shape != (x.shape[0], x.shape[2] - 1, len(MOTION_NAMES)):
+        raise ValueError(f"action loss: samples of {x.shape[2]} latent frames need motions [{x.shape[0]}, "
+                         f"{x.shape[2] - 1}, {len(MOTION_NAMES)}] between them, got {list(motion.shape)}")
+    scale = MOTION_SCALE.to(x.device)
+    estimate = probe.pairs(x.float())
+    loss = F.smooth_l1_loss(estimate, motion.float() / scale, beta=0.1)
+    accuracy = direction_accuracy(estimate.detach().flatten(0, 1).double() * scale.double(),
+                                  motion.detach().flatten(0, 1).double())
+    stats = {"action_loss": loss.detach()}
+    for name in ("yaw_direction_accuracy", "forward_direction_accuracy"):
+        if accuracy[name] is not None:
+            stats[f"probe_{name}"] = torch.tensor(accuracy[name])
+    return loss, stats
+
+
+def train_latent_probe(data: ConditionedClips, steps: int = 3000, batch_size: int = 256, seed: int = 0,
+                       width: int = 64, holdout: float = 0.1, progress: bool = True) -> tuple[LatentMotionProbe, dict]:
+    """Train on the clips' latents and motions, all but the last `holdout` of the clips; returns
+    the probe (eval mode, frozen) and its direction accuracies on the held-out clips."""
+    if data.motion is None:
+        raise ValueError("the latent probe trains on the clips' camera motions: condition them with "
+                         "`condition_clips` (ConditionedClips.motion is None)")
+    held = max(1, round(len(data) * holdout))
+    if len(data) - held < 1 or data.num_frames < 2:
+        raise ValueError(f"training a latent probe needs at least 2 clips of 2 latent frames, got {len(data)} of "
+                         f"{data.num_frames}")
+    device, train_clips = data.x0.device, len(data) - held
+    generator = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = LatentMotionProbe(width).to(device)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    scale = MOTION_SCALE.to(device)
+    for _ in tqdm(range(steps), desc="train-latent-probe", unit="step", leave=False, disable=not progress):
+        clip = torch.randint(train_clips, (batch_size,), generator=generator, device=device)
+        pair = torch.randint(data.num_frames - 1, (batch_size,), generator=generator, device=device)
+        estimate = probe(data.x0[clip, :, pair].float(), data.x0[clip, :, pair + 1].float())
+        loss = F.smooth_l1_loss(estimate, data.motion[clip, pair] / scale, beta=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    probe.eval().requires_grad_(False)
+    with torch.no_grad():
+        estimate = torch.cat([probe.pairs(data.x0[i:i + 1].float()) for i in range(train_clips, len(data))])
+    accuracy = direction_accuracy(estimate.flatten(0, 1).double().cpu() * scale.double().cpu(),
+                                  data.motion[train_clips:].flatten(0, 1).double().cpu())
+    return probe, {**accuracy, "held_out_clips": held}
+
+
+def save_latent_probe(probe: LatentMotionProbe, path: str | Path, **metadata) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in probe.state_dict().items()}, path,
+              metadata={k: str(v) for k, v in metadata.items()})
+    return path
+
+
+def load_latent_probe(path: str | Path, device: str | torch.device = "cpu") -> LatentMotionProbe:
+    """A frozen probe from `save_latent_probe`'s safetensors; its width is read from the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no latent motion probe at {path} (train one with `lingbot-rt distill latent-probe`)")
+    try:
+        state = load_file(path)
+    except Exception as exc:           # safetensors raises its own error types for a malformed header
+        raise ValueError(f"{path} is not a safetensors file: {exc}") from None
+    if "convs.0.weight" not in state or state["convs.0.weight"].shape[1] != 2 * LATENT_CHANNELS:
+        raise ValueError(f"{path} is not a latent motion probe (its first layer must read 2 x {LATENT_CHANNELS} "
+                         "latent channels)")
+    probe = LatentMotionProbe(width=state["convs.0.weight"].shape[0])
+    try:
+        probe.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not match the latent motion probe's layers: {exc}") from None
+    return probe.to(device).eval().requires_grad_(False)
