@@ -306,6 +306,18 @@ def test_condition_clips_shapes(conditioned):
         assert tensor.dtype == torch.bfloat16 and torch.isfinite(tensor.float()).all()
 
 
+def test_condition_clips_motion_is_the_camera_motion_between_latent_frames(conditioned, clips):
+    """Latent frame t starts at video frame 4t: its motion to t + 1 is that of frames 4t -> 4t + 4,
+    and a prefix of the clips keeps its pairs."""
+    n, frames = NUM_CLIPS, LATENT_SHAPE[1]
+    assert conditioned.motion.shape == (n, frames - 1, 4) and conditioned.motion.dtype == torch.float32
+    poses = clips.poses[1].double()
+    expected = relative_motion(poses[0:-4:4][:frames - 1], poses[4::4][:frames - 1]).float()
+    torch.testing.assert_close(conditioned.motion[1], expected)
+    assert conditioned.motion.abs().amax() > 0
+    torch.testing.assert_close(conditioned.prefix(3).motion, conditioned.motion[:, :2])
+
+
 def test_condition_clips_mask_and_image_latent(conditioned, clips, vae):
     mask, image_latent = conditioned.y[:, :4].float(), conditioned.y[:, 4:]
     assert (mask[:, :, 0] == 1).all() and (mask[:, :, 1:] == 0).all()

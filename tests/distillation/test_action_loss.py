@@ -1,0 +1,121 @@
+"""The action loss: the latent motion probe, its training, the loss, and DMD with it (CPU)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lingbot_rt.distillation.action_loss import (
+    LatentMotionProbe,
+    action_loss,
+    load_latent_probe,
+    save_latent_probe,
+    train_latent_probe,
+)
+from lingbot_rt.distillation.config import DMDConfig
+from lingbot_rt.distillation.trainer import DMDTrainer
+from lingbot_rt.world.pose_probe import MOTION_SCALE, PoseProbe, save_probe
+
+from .helpers import LATENT_HW, NUM_FRAMES, SCHEDULE, save_tiny, synthetic_clips
+
+DMD = DMDConfig(batch_size=2, steps=4, update_ratio=2, log_every=1, save_every=2, student=SCHEDULE)
+
+
+def moving_clips(num: int, frames: int = NUM_FRAMES, seed: int = 0):
+    """Synthetic clips whose latents show their motion: channel 0 steps by the forward motion's
+    sign, channel 1 by the yaw's, from one latent frame to the next (a relation a probe can learn)."""
+    clips = synthetic_clips(num, seed, frames)
+    g = torch.Generator().manual_seed(seed + 1)
+    signs = torch.randint(0, 2, (num, frames - 1, 2), generator=g).float() * 2 - 1
+    motion = torch.zeros(num, frames - 1, 4)
+    motion[..., 1], motion[..., 2] = 0.15 * signs[..., 0], 0.1 * signs[..., 1]
+    x0 = clips.x0.float()
+    for t in range(1, frames):
+        x0[:, :2, t] = x0[:, :2, t - 1] + signs[:, t - 1, :, None, None]
+    return dataclasses.replace(clips, x0=x0.to(torch.bfloat16), motion=motion)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_latent_probe(moving_clips(40), steps=150, batch_size=64, progress=False)
+
+
+def test_the_probe_learns_motion_it_can_see_and_scores_held_out_clips(trained):
+    probe, accuracy = trained
+    assert accuracy["held_out_clips"] == 4
+    assert accuracy["forward_direction_accuracy"] >= 0.95 and accuracy["yaw_direction_accuracy"] >= 0.95
+    assert not any(p.requires_grad for p in probe.parameters()) and not probe.training
+
+
+def test_pairs_are_the_probe_on_each_consecutive_pair():
+    torch.manual_seed(0)
+    probe = LatentMotionProbe(width=8)
+    x = torch.randn(2, 16, 4, *LATENT_HW)
+    pairs = probe.pairs(x)
+    assert pairs.shape == (2, 3, 4)
+    torch.testing.assert_close(pairs[1, 2], probe(x[1:2, :, 2], x[1:2, :, 3])[0])
+
+
+def test_action_loss_is_smooth_l1_on_scaled_motion_with_gradient_to_the_samples(trained):
+    probe, _ = trained
+    clips = moving_clips(2, seed=3)
+    x = clips.x0.float().requires_grad_()
+    loss, stats = action_loss(probe, x, clips.motion)
+    expected = F.smooth_l1_loss(probe.pairs(x.detach()), clips.motion / MOTION_SCALE, beta=0.1)
+    torch.testing.assert_close(loss, expected)
+    assert stats["probe_forward_direction_accuracy"] >= 0.9
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    wrong, _ = action_loss(probe, clips.x0.float(), -clips.motion)        # the opposite commands score worse
+    assert wrong > loss.detach()
+    with pytest.raises(ValueError, match=r"motions \[2, 5, 4\] between them, got \[2, 4, 4\]"):
+        action_loss(probe, x, clips.motion[:, :4])
+
+
+def test_probe_files_round_trip_and_bad_files_get_clear_errors(trained, tmp_path):
+    probe, _ = trained
+    path = save_latent_probe(probe, tmp_path / "probe.safetensors", steps=150)
+    loaded = load_latent_probe(path)
+    x = torch.randn(1, 16, 3, *LATENT_HW)
+    torch.testing.assert_close(loaded.pairs(x), probe.pairs(x))
+    with pytest.raises(FileNotFoundError, match="distill latent-probe"):
+        load_latent_probe(tmp_path / "missing.safetensors")
+    save_probe(PoseProbe(width=4), tmp_path / "pixel.safetensors")
+    with pytest.raises(ValueError, match="not a latent motion probe"):
+        load_latent_probe(tmp_path / "pixel.safetensors")
+    with pytest.raises(ValueError, match="camera motions"):
+        train_latent_probe(synthetic_clips(4), steps=1)
+
+
+def test_config_refuses_an_action_loss_without_a_probe_or_along_chained_paths():
+    with pytest.raises(ValueError, match="action_loss_weight needs action_probe"):
+        DMDConfig(action_loss_weight=1.0)
+    with pytest.raises(ValueError, match="window_anchor 'truth'"):
+        DMDConfig(action_loss_weight=1.0, action_probe="p.safetensors", rollout_frames=42)
+    with pytest.raises(ValueError, match="action_loss_weight must be >= 0"):
+        DMDConfig(action_loss_weight=-1.0)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return save_tiny(root / "student", 2), save_tiny(root / "teacher", 1)
+
+
+def test_the_action_loss_joins_the_generator_loss_with_its_weight(dirs, trained, tmp_path):
+    """Same step, same draws: the weighted run's generator loss is the plain run's plus the
+    weight times the action loss it reports, and its update differs."""
+    probe_path = save_latent_probe(trained[0], tmp_path / "probe.safetensors")
+    data = moving_clips(4)
+    plain = DMDTrainer(*dirs, data, tmp_path / "plain", DMD)
+    weighted = DMDTrainer(*dirs, data, tmp_path / "weighted",
+                          dataclasses.replace(DMD, action_loss_weight=2.0, action_probe=str(probe_path)))
+    a, b = plain.train_step(), weighted.train_step()
+    assert "action_loss" not in a and b["action_loss"] > 0 and 0 <= b["probe_forward_direction_accuracy"] <= 1
+    assert b["generator_loss"] == pytest.approx(a["generator_loss"] + 2.0 * b["action_loss"], rel=1e-4, abs=1e-6)
+    assert any(not torch.equal(v, weighted.student.state_dict()[k]) for k, v in plain.student.state_dict().items())
+    with pytest.raises(ValueError, match="camera motions"):
+        DMDTrainer(*dirs, synthetic_clips(4), tmp_path / "no_motion",
+                   dataclasses.replace(DMD, action_loss_weight=1.0, action_probe=str(probe_path)))
