@@ -163,9 +163,9 @@ class DMDConfig:
                              f"{self.rollout_frames}, {self.score_frames}")
         if self.window_anchor not in WINDOW_ANCHORS:
             raise ValueError(f"window_anchor must be one of {WINDOW_ANCHORS}, got {self.window_anchor!r}")
-        if self.data_loss_weight < 0 or self.action_loss_weight < 0:
-            raise ValueError(f"data_loss_weight and action_loss_weight must be >= 0, got {self.data_loss_weight}, "
-                             f"{self.action_loss_weight}")
+        for name in ("data_loss_weight", "action_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.action_loss_weight and not self.action_probe:
             raise ValueError("action_loss_weight needs action_probe: a latent motion probe (`lingbot-rt distill "
                              "latent-probe`)")
