@@ -192,7 +192,7 @@ def test_truth_anchored_windows_stream_along_long_clips_and_condition_on_their_f
     assert trainer.lengths == [6, 9, 12] and trainer.clips.num_frames == NUM_FRAMES
     index, length = torch.tensor([3, 1]), 9
     with torch.no_grad():
-        window, cond, first = trainer._rollout(index, length, exit_step=1, generator=torch.Generator().manual_seed(0))
+        window, cond, first, _ = trainer._rollout(index, length, exit_step=1, generator=torch.Generator().manual_seed(0))
         start = length - NUM_FRAMES
         expected = image_condition(vae, long_clips.start_images(index, start), 4 * (NUM_FRAMES - 1) + 1)
     assert window.shape[2] == NUM_FRAMES and first == 1
