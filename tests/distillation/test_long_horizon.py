@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lingbot_rt.distillation.action_loss import LatentMotionProbe, save_latent_probe
 from lingbot_rt.distillation.config import DMDConfig
 from lingbot_rt.distillation.distributed import Ranks
 from lingbot_rt.distillation.job import DMDJob, run_job
@@ -186,21 +187,28 @@ def _with_starts(clips, seed: int = 0):
 
 
 def test_truth_anchored_windows_stream_along_long_clips_and_condition_on_their_frames(dirs, vae, tmp_path):
+    """... and the action loss scores a window against the motions of its own frames."""
     long_clips = _with_starts(synthetic_clips(4, frames=LONG))
-    config = replace(DMD, window_anchor="truth", score_frames=NUM_FRAMES)
+    motion = torch.randn(4, LONG - 1, 4, generator=torch.Generator().manual_seed(2))
+    long_clips = dataclasses.replace(long_clips, motion=motion)
+    probe = save_latent_probe(LatentMotionProbe(width=4), tmp_path / "probe.safetensors")
+    config = replace(DMD, window_anchor="truth", score_frames=NUM_FRAMES, action_loss_weight=1.0, action_probe=str(probe))
     trainer = DMDTrainer(*dirs, long_clips, tmp_path / "dmd", config, vae=vae)
     assert trainer.lengths == [6, 9, 12] and trainer.clips.num_frames == NUM_FRAMES
     index, length = torch.tensor([3, 1]), 9
     with torch.no_grad():
-        window, cond, first, _ = trainer._rollout(index, length, exit_step=1, generator=torch.Generator().manual_seed(0))
+        window, cond, first, motion = trainer._rollout(index, length, exit_step=1,
+                                                       generator=torch.Generator().manual_seed(0))
         start = length - NUM_FRAMES
         expected = image_condition(vae, long_clips.start_images(index, start), 4 * (NUM_FRAMES - 1) + 1)
     assert window.shape[2] == NUM_FRAMES and first == 1
     torch.testing.assert_close(cond.y, expected.to(cond.y.dtype), rtol=0, atol=0)
     torch.testing.assert_close(cond.control[:, :, 1:], long_clips.control[index][:, :, start + 1:length],
                                rtol=0, atol=0)
+    torch.testing.assert_close(motion, long_clips.motion[index, start:length - 1], rtol=0, atol=0)
     records = [trainer.train_step() for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(r["critic_loss"])) for r in records)
+    assert torch.isfinite(torch.tensor(records[0]["action_loss"]))
     with pytest.raises(ValueError, match="clips of at least 12 latent frames"):
         DMDTrainer(*dirs, synthetic_clips(4), tmp_path / "short", config, vae=vae)
     with pytest.raises(ValueError, match="loaded with their start images"):
