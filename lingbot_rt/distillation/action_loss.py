@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..world.evaluate import direction_accuracy
 from ..world.latents import ConditionedClips
-from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE
+from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, read_probe_state
 
 LATENT_CHANNELS = 16
 
@@ -111,23 +110,9 @@ def train_latent_probe(data: ConditionedClips, steps: int = 3000, batch_size: in
     return probe, {**accuracy, "held_out_clips": held}
 
 
-def save_latent_probe(probe: LatentMotionProbe, path: str | Path, **metadata) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in probe.state_dict().items()}, path,
-              metadata={k: str(v) for k, v in metadata.items()})
-    return path
-
-
 def load_latent_probe(path: str | Path, device: str | torch.device = "cpu") -> LatentMotionProbe:
-    """A frozen probe from `save_latent_probe`'s safetensors; its width is read from the weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no latent motion probe at {path} (train one with `lingbot-rt distill latent-probe`)")
-    try:
-        state = load_file(path)
-    except Exception as exc:           # safetensors raises its own error types for a malformed header
-        raise ValueError(f"{path} is not a safetensors file: {exc}") from None
+    """A frozen probe from `save_probe`'s safetensors; its width is read from the weights."""
+    state = read_probe_state(path, "latent motion probe", "lingbot-rt distill latent-probe")
     if "convs.0.weight" not in state or state["convs.0.weight"].shape[1] != 2 * LATENT_CHANNELS:
         raise ValueError(f"{path} is not a latent motion probe (its first layer must read 2 x {LATENT_CHANNELS} "
                          "latent channels)")

@@ -96,11 +96,12 @@ def cmd_latent_probe(args) -> int:
     import json
 
     from ..world.latents import load_conditioned_clips
-    from .action_loss import save_latent_probe, train_latent_probe
+    from ..world.pose_probe import save_probe
+    from .action_loss import train_latent_probe
     device = _device(args.device)
     data = load_conditioned_clips(args.data, args.vae, device, args.max_clips)
     probe, accuracy = train_latent_probe(data, steps=args.steps, seed=args.seed or 0)
-    save_latent_probe(probe, args.out, data=args.data, steps=args.steps, **accuracy)
+    save_probe(probe, args.out, data=args.data, steps=args.steps, **accuracy)
     print(f"latent motion probe written to {args.out}; on {accuracy['held_out_clips']} held-out clips: "
           f"{json.dumps(accuracy)}")
     return 0

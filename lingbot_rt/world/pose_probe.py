@@ -85,8 +85,9 @@ def train_probe(clips: ClipTensors, steps: int = 2000, batch_size: int = 128, se
     return probe.eval()
 
 
-def save_probe(probe: PoseProbe, path: str | Path, **metadata) -> Path:
-    """Write a probe's weights as safetensors (fp32), `metadata` (how it was trained) alongside."""
+def save_probe(probe: nn.Module, path: str | Path, **metadata) -> Path:
+    """Write a probe's weights as safetensors (fp32), `metadata` (how it was trained) alongside
+    (this probe, or the latent motion probe of `distillation/action_loss.py`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in probe.state_dict().items()}, path,
@@ -94,15 +95,21 @@ def save_probe(probe: PoseProbe, path: str | Path, **metadata) -> Path:
     return path
 
 
-def load_probe(path: str | Path, device: str | torch.device = "cpu") -> PoseProbe:
-    """A probe from `save_probe`'s safetensors, in eval mode; its width is read from the weights."""
+def read_probe_state(path: str | Path, what: str, made_by: str) -> dict[str, torch.Tensor]:
+    """A probe file's tensors, with a clear error for a missing or malformed file: `what` names
+    the probe, `made_by` the command that writes one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no pose probe at {path} (write one with `lingbot-rt world train-probe`)")
+        raise FileNotFoundError(f"no {what} at {path} (write one with `{made_by}`)")
     try:
-        state = load_file(path)
+        return load_file(path)
     except Exception as exc:           # safetensors raises its own error types for a malformed header
         raise ValueError(f"{path} is not a safetensors file: {exc}") from None
+
+
+def load_probe(path: str | Path, device: str | torch.device = "cpu") -> PoseProbe:
+    """A probe from `save_probe`'s safetensors, in eval mode; its width is read from the weights."""
+    state = read_probe_state(path, "pose probe", "lingbot-rt world train-probe")
     if "convs.0.weight" not in state:
         raise ValueError(f"{path} is not a pose probe: it has no convs.0.weight")
     probe = PoseProbe(width=state["convs.0.weight"].shape[0])

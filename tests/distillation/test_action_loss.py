@@ -11,7 +11,6 @@ from lingbot_rt.distillation.action_loss import (
     LatentMotionProbe,
     action_loss,
     load_latent_probe,
-    save_latent_probe,
     train_latent_probe,
 )
 from lingbot_rt.distillation.config import DMDConfig
@@ -76,7 +75,7 @@ def test_action_loss_is_smooth_l1_on_scaled_motion_with_gradient_to_the_samples(
 
 def test_probe_files_round_trip_and_bad_files_get_clear_errors(trained, tmp_path):
     probe, _ = trained
-    path = save_latent_probe(probe, tmp_path / "probe.safetensors", steps=150)
+    path = save_probe(probe, tmp_path / "probe.safetensors", steps=150)
     loaded = load_latent_probe(path)
     x = torch.randn(1, 16, 3, *LATENT_HW)
     torch.testing.assert_close(loaded.pairs(x), probe.pairs(x))
@@ -107,7 +106,7 @@ def dirs(tmp_path_factory):
 def test_the_action_loss_joins_the_generator_loss_with_its_weight(dirs, trained, tmp_path):
     """Same step, same draws: the weighted run's generator loss is the plain run's plus the
     weight times the action loss it reports, and its update differs."""
-    probe_path = save_latent_probe(trained[0], tmp_path / "probe.safetensors")
+    probe_path = save_probe(trained[0], tmp_path / "probe.safetensors")
     data = moving_clips(4)
     plain = DMDTrainer(*dirs, data, tmp_path / "plain", DMD)
     weighted = DMDTrainer(*dirs, data, tmp_path / "weighted",

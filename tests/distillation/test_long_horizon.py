@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lingbot_rt.distillation.action_loss import LatentMotionProbe, save_latent_probe
+from lingbot_rt.distillation.action_loss import LatentMotionProbe
 from lingbot_rt.distillation.config import DMDConfig
 from lingbot_rt.distillation.distributed import Ranks
 from lingbot_rt.distillation.job import DMDJob, run_job
@@ -25,6 +25,7 @@ from lingbot_rt.distillation.trainer import DMDTrainer
 from lingbot_rt.model.checkpoint import load_model
 from lingbot_rt.model.vae import WanVAE, vae_config
 from lingbot_rt.world.latents import image_condition
+from lingbot_rt.world.pose_probe import save_probe
 
 from .helpers import (
     LATENT_HW,
@@ -191,7 +192,7 @@ def test_truth_anchored_windows_stream_along_long_clips_and_condition_on_their_f
     long_clips = _with_starts(synthetic_clips(4, frames=LONG))
     motion = torch.randn(4, LONG - 1, 4, generator=torch.Generator().manual_seed(2))
     long_clips = dataclasses.replace(long_clips, motion=motion)
-    probe = save_latent_probe(LatentMotionProbe(width=4), tmp_path / "probe.safetensors")
+    probe = save_probe(LatentMotionProbe(width=4), tmp_path / "probe.safetensors")
     config = replace(DMD, window_anchor="truth", score_frames=NUM_FRAMES, action_loss_weight=1.0, action_probe=str(probe))
     trainer = DMDTrainer(*dirs, long_clips, tmp_path / "dmd", config, vae=vae)
     assert trainer.lengths == [6, 9, 12] and trainer.clips.num_frames == NUM_FRAMES
