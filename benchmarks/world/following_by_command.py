@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lingbot_rt.distillation.config import student_schedule
-from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, YAW_MOVING
+from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, YAW_MOVING, direction_accuracy
 from lingbot_rt.world.long_rollout import ScriptedSession, render_minute, stream_blocks
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.pose_probe import GAP, load_probe, relative_motion
@@ -36,13 +36,12 @@ def command_kinds(commanded: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def accuracy_by_kind(estimated: torch.Tensor, commanded: torch.Tensor, minute: torch.Tensor, minutes: int) -> list[dict]:
-    agree = estimated[:, 1].sign() == commanded[:, 1].sign()
     rows = []
     for m in range(minutes):
         row = {"minute": m + 1}
         for kind, mask in command_kinds(commanded).items():
             steps = mask & (minute == m)
-            row[kind] = {"accuracy": round(agree[steps].double().mean().item(), 4) if steps.any() else None,
+            row[kind] = {"accuracy": direction_accuracy(estimated[steps], commanded[steps])["forward_direction_accuracy"],
                          "steps": int(steps.sum())}
         rows.append(row)
     return rows

@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..world.evaluate import direction_accuracy
 from ..world.latents import ConditionedClips
-from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, read_probe_state
+from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, fit_probe, read_probe_state
 
 LATENT_CHANNELS = 16
 
@@ -87,22 +86,14 @@ def train_latent_probe(data: ConditionedClips, steps: int = 3000, batch_size: in
         raise ValueError(f"training a latent probe needs at least 2 clips of 2 latent frames, got {len(data)} of "
                          f"{data.num_frames}")
     device, train_clips = data.x0.device, len(data) - held
-    generator = torch.Generator(device).manual_seed(seed)
-    torch.manual_seed(seed)
-    probe = LatentMotionProbe(width).to(device)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     scale = MOTION_SCALE.to(device)
-    for _ in tqdm(range(steps), desc="train-latent-probe", unit="step", leave=False, disable=not progress):
+
+    def draw_batch(generator):
         clip = torch.randint(train_clips, (batch_size,), generator=generator, device=device)
         pair = torch.randint(data.num_frames - 1, (batch_size,), generator=generator, device=device)
-        estimate = probe(data.x0[clip, :, pair].float(), data.x0[clip, :, pair + 1].float())
-        loss = F.smooth_l1_loss(estimate, data.motion[clip, pair] / scale, beta=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    probe.eval().requires_grad_(False)
+        return data.x0[clip, :, pair].float(), data.x0[clip, :, pair + 1].float(), data.motion[clip, pair] / scale
+    probe = fit_probe(lambda: LatentMotionProbe(width), draw_batch, steps, seed, device, "train-latent-probe",
+                      progress).requires_grad_(False)
     with torch.no_grad():
         estimate = torch.cat([probe.pairs(data.x0[i:i + 1].float()) for i in range(train_clips, len(data))])
     accuracy = direction_accuracy(estimate.flatten(0, 1).double().cpu() * scale.double().cpu(),

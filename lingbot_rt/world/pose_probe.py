@@ -11,6 +11,7 @@ targets are divided by their largest value under the controls (0.2 units, 8 degr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,26 +64,37 @@ class PoseProbe(nn.Module):
         return scaled * MOTION_SCALE.to(scaled.device)
 
 
-def train_probe(clips: ClipTensors, steps: int = 2000, batch_size: int = 128, seed: int = 0,
-                width: int = 32) -> PoseProbe:
-    device = clips.frames.device
+def fit_probe(make_probe: Callable[[], nn.Module], draw_batch: Callable[[torch.Generator], tuple], steps: int,
+              seed: int, device, desc: str, progress: bool = True) -> nn.Module:
+    """The probes' training loop: `make_probe()` (built after seeding torch with `seed`) fitted
+    for `steps` AdamW steps (lr 1e-3, cosine) of smooth-L1 on batches `draw_batch(generator)` ->
+    (input a, input b, scaled target), the generator seeded with `seed`. Returns it in eval mode."""
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
-    probe = PoseProbe(width).to(device)
+    probe = make_probe().to(device)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    scale = MOTION_SCALE.to(device)
-    for _ in tqdm(range(steps), desc="train-probe", unit="step", leave=False):
-        clip = torch.randint(len(clips), (batch_size,), generator=generator, device=device)
-        start = torch.randint(clips.num_frames - GAP, (batch_size,), generator=generator, device=device)
-        target = relative_motion(clips.poses[clip, start].double(), clips.poses[clip, start + GAP].double()).float()
-        loss = F.smooth_l1_loss(probe(clips.frames[clip, start], clips.frames[clip, start + GAP]), target / scale,
-                                beta=0.1)
+    for _ in tqdm(range(steps), desc=desc, unit="step", leave=False, disable=not progress):
+        first, second, target = draw_batch(generator)
+        loss = F.smooth_l1_loss(probe(first, second), target, beta=0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
     return probe.eval()
+
+
+def train_probe(clips: ClipTensors, steps: int = 2000, batch_size: int = 128, seed: int = 0,
+                width: int = 32) -> PoseProbe:
+    device = clips.frames.device
+    scale = MOTION_SCALE.to(device)
+
+    def draw_batch(generator):
+        clip = torch.randint(len(clips), (batch_size,), generator=generator, device=device)
+        start = torch.randint(clips.num_frames - GAP, (batch_size,), generator=generator, device=device)
+        target = relative_motion(clips.poses[clip, start].double(), clips.poses[clip, start + GAP].double()).float()
+        return clips.frames[clip, start], clips.frames[clip, start + GAP], target / scale
+    return fit_probe(lambda: PoseProbe(width), draw_batch, steps, seed, device, "train-probe")
 
 
 def save_probe(probe: nn.Module, path: str | Path, **metadata) -> Path:
