@@ -9,9 +9,10 @@
 # clips of LONG latent frames: TRAIN_FRAMES=$((4 * LONG + 1))), START the student they start
 # from, ROLL=0 skips the rollouts (then `long_rollouts.sh` in a call of its own), EVAL=0 the
 # held-out evaluations; FULL (and POOL, default "2, 2") trains and evaluates with a compressed
-# memory (`StudentSchedule.full_frames`, `memory_pool`). ACTIONS="name=weight ..." adds `lt` runs
-# with the action loss at that weight (`action_loss.py`), first training the latent motion probe
-# on the training clips (latent_probe.safetensors, its held-out accuracy in latent_probe.log).
+# memory (`StudentSchedule.full_frames`, `memory_pool`). ACTIONS="name=weight[:balanced] ..." adds
+# `lt` runs with the action loss at that weight (`action_loss.py`; `:balanced` weighs walking
+# forward, walking back and neither alike), first training the latent motion probe on the
+# training clips (latent_probe.safetensors, its held-out accuracy in latent_probe.log).
 #   OUT=$OUT bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -25,8 +26,8 @@ printf "${RECIPE}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
 printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
 declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml" [lt]="$ROOT/dmd_lt.yaml")
 for spec in ${ACTIONS:-}; do
-    name=${spec%%=*}; config[$name]="$ROOT/dmd_$name.yaml"
-    printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\naction_loss_weight: ${spec#*=}\naction_probe: $ROOT/latent_probe.safetensors\n" \
+    name=${spec%%=*}; IFS=: read -r weight balanced <<< "${spec#*=}"; config[$name]="$ROOT/dmd_$name.yaml"
+    printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\naction_loss_weight: $weight\naction_probe: $ROOT/latent_probe.safetensors\n${balanced:+action_loss_balance: true\n}" \
         > "${config[$name]}"
 done
 if [ -n "${ACTIONS:-}" ]; then

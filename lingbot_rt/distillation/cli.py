@@ -75,7 +75,7 @@ def cmd_dmd(args) -> int:
     config = replace(_load_config(DMDConfig, args.config), **_given(
         args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "data_loss_weight", "strategy",
         "activation_checkpointing", "rollout_frames", "window_anchor", "score_frames", "action_loss_weight",
-        "action_probe"))
+        "action_probe", "action_loss_balance"))
     load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips,
                         keep_starts=config.window_anchor == "truth")
     job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic,
@@ -177,6 +177,8 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="add this x the action loss (a latent motion probe against the commanded motion) to the "
                         "generator's (default 0)")
     p.add_argument("--action-probe", help="the latent motion probe the action loss reads (`distill latent-probe`)")
+    p.add_argument("--action-loss-balance", action="store_true", default=None,
+                   help="weigh the action loss's pairs walking forward, walking back and neither alike")
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.add_argument("--strategy", choices=STRATEGIES, help="ddp: whole replicas; fsdp: FSDP2 shards (14B class)")

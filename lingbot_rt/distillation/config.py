@@ -140,6 +140,7 @@ class DMDConfig:
     action_loss_weight: float = 0.0  # + this x the action loss (`action_loss.py`) on the rollouts the DMD loss
                                      # scores: a latent motion probe against the commanded camera motion
     action_probe: str | None = None  # the latent motion probe's safetensors (`lingbot-rt distill latent-probe`)
+    action_loss_balance: bool = False  # weigh walking forward, walking back and neither alike in the action loss
     rollout_frames: int = 0         # long-horizon DMD (`long_horizon.py`): roll the student out to up to this many
                                     # latent frames, past its KV window, and score the last clip-length window;
                                     # 0: rollouts as long as the clips (Self-Forcing)
@@ -169,6 +170,8 @@ class DMDConfig:
         if self.action_loss_weight and not self.action_probe:
             raise ValueError("action_loss_weight needs action_probe: a latent motion probe (`lingbot-rt distill "
                              "latent-probe`)")
+        if self.action_loss_balance and not self.action_loss_weight:
+            raise ValueError("action_loss_balance weighs the action loss's pairs: it needs action_loss_weight > 0")
         if self.action_loss_weight and self.rollout_frames and self.window_anchor != "truth":
             raise ValueError("the action loss scores rollouts against their clips' camera motions: with "
                              "rollout_frames, it needs window_anchor 'truth' (rollouts along the clips' own paths; "

@@ -288,7 +288,7 @@ class DMDTrainer:
                     loss, more = dmd_loss(x, self.teacher, self.critic, cond, sigma, noise,
                                           config.student.guidance, first_frame)
                     if self.action_probe is not None:     # on the same samples: one graph, one backward
-                        action, action_stats = action_loss(self.action_probe, x, motion)
+                        action, action_stats = action_loss(self.action_probe, x, motion, config.action_loss_balance)
                         loss = loss + config.action_loss_weight * action
                         more |= action_stats
                 stats.update(more)

@@ -46,16 +46,19 @@ def _db(mse_value) -> float:
 
 def direction_accuracy(estimated: torch.Tensor, commanded: torch.Tensor) -> dict:
     """Motions [N, 4] (right, forward, yaw, pitch; unscaled) -> the fraction of the steps that
-    turn (yaw) or move (forward) by the command where the estimate has the command's sign; None
-    where no step does."""
+    turn (yaw) or move (forward) by the command where the estimate has the command's sign, and
+    the forward one over the steps that move back alone (the hardest to follow); None where no
+    step does."""
     turning = commanded[:, 2].abs() > YAW_MOVING
     moving = commanded[:, 1].abs() > FORWARD_MOVING
+    back = commanded[:, 1] < -FORWARD_MOVING
 
     def agree(steps, axis):
         return round((estimated[steps, axis].sign() == commanded[steps, axis].sign()).double().mean().item(), 4) \
             if steps.any() else None
     return {"yaw_direction_accuracy": agree(turning, 2), "forward_direction_accuracy": agree(moving, 1),
-            "turning_steps": int(turning.sum()), "moving_steps": int(moving.sum())}
+            "backward_direction_accuracy": agree(back, 1), "turning_steps": int(turning.sum()),
+            "moving_steps": int(moving.sum()), "backward_steps": int(back.sum())}
 
 
 def action_following(probe: PoseProbe, frames: torch.Tensor, poses: torch.Tensor) -> dict:

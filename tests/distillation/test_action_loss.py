@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lingbot_rt.distillation.action_loss import (
     LatentMotionProbe,
     action_loss,
+    forward_groups,
     load_latent_probe,
     train_latent_probe,
 )
@@ -73,6 +74,29 @@ def test_action_loss_is_smooth_l1_on_scaled_motion_with_gradient_to_the_samples(
         action_loss(probe, x, clips.motion[:, :4])
 
 
+def test_balanced_action_loss_weighs_forward_back_and_neither_alike(trained):
+    probe, _ = trained
+    clips = moving_clips(2, seed=5)
+    motion = clips.motion.clone()
+    motion[0, :, 1] = 0.15                  # clip 0 walks forward, clip 1 back on its first pair, else still
+    motion[1, :, 1] = 0.0
+    motion[1, 0, 1] = -0.15
+    x = clips.x0.float()
+    per_pair = F.smooth_l1_loss(probe.pairs(x), motion / MOTION_SCALE, beta=0.1, reduction="none").mean(-1)
+    forward, back, neither = forward_groups(motion)
+    assert (forward.sum(), back.sum(), neither.sum()) == (5, 1, 4)
+    balanced, stats = action_loss(probe, x, motion, balance=True)
+    expected = (per_pair[forward].mean() + per_pair[back].mean() + per_pair[neither].mean()) / 3
+    torch.testing.assert_close(balanced, expected)
+    torch.testing.assert_close(action_loss(probe, x, motion)[0], per_pair.mean())
+    estimate = probe.pairs(x)[1, 0, 1]
+    assert stats["probe_backward_direction_accuracy"].item() == float(estimate < 0)   # the one pair walking back
+    still = torch.zeros_like(motion)        # one group: balanced is the plain mean, no backward accuracy
+    loss, stats = action_loss(probe, x, still, balance=True)
+    torch.testing.assert_close(loss, action_loss(probe, x, still)[0])
+    assert "probe_backward_direction_accuracy" not in stats
+
+
 def test_probe_files_round_trip_and_bad_files_get_clear_errors(trained, tmp_path):
     probe, _ = trained
     path = save_probe(probe, tmp_path / "probe.safetensors", steps=150)
@@ -95,6 +119,8 @@ def test_config_refuses_an_action_loss_without_a_probe_or_along_chained_paths():
         DMDConfig(action_loss_weight=1.0, action_probe="p.safetensors", rollout_frames=42)
     with pytest.raises(ValueError, match="action_loss_weight must be >= 0"):
         DMDConfig(action_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="action_loss_balance .* needs action_loss_weight"):
+        DMDConfig(action_loss_balance=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +137,11 @@ def test_the_action_loss_joins_the_generator_loss_with_its_weight(dirs, trained,
     plain = DMDTrainer(*dirs, data, tmp_path / "plain", DMD)
     weighted = DMDTrainer(*dirs, data, tmp_path / "weighted",
                           dataclasses.replace(DMD, action_loss_weight=2.0, action_probe=str(probe_path)))
-    a, b = plain.train_step(), weighted.train_step()
+    balanced = DMDTrainer(*dirs, data, tmp_path / "balanced", dataclasses.replace(
+        DMD, action_loss_weight=2.0, action_probe=str(probe_path), action_loss_balance=True))
+    a, b, c = plain.train_step(), weighted.train_step(), balanced.train_step()
+    assert c["generator_loss"] == pytest.approx(a["generator_loss"] + 2.0 * c["action_loss"], rel=1e-4, abs=1e-6)
+    assert c["action_loss"] != pytest.approx(b["action_loss"])
     assert "action_loss" not in a and b["action_loss"] > 0 and 0 <= b["probe_forward_direction_accuracy"] <= 1
     assert b["generator_loss"] == pytest.approx(a["generator_loss"] + 2.0 * b["action_loss"], rel=1e-4, abs=1e-6)
     assert any(not torch.equal(v, weighted.student.state_dict()[k]) for k, v in plain.student.state_dict().items())

@@ -27,7 +27,7 @@ from lingbot_rt.model.sampler import NUM_TRAIN_TIMESTEPS, euler_sigmas, sample_e
 from lingbot_rt.world import pose_probe
 from lingbot_rt.world.clips import load_clip_tensors
 from lingbot_rt.world.data import generate_dataset
-from lingbot_rt.world.evaluate import evaluate_model, image_metrics, teacher_sampler
+from lingbot_rt.world.evaluate import direction_accuracy, evaluate_model, image_metrics, teacher_sampler
 from lingbot_rt.world.latents import condition_clips, pad_features, video_tensor
 from lingbot_rt.world.metrics import psnr, ssim
 from lingbot_rt.world.pose_probe import (GAP, MOTION_SCALE, PoseProbe, load_probe, relative_motion, save_probe,
@@ -525,6 +525,17 @@ def test_sample_euler_guidance_combines_cond_and_uncond(guidance):
 # ---- metrics.py -----------------------------------------------------------------------------
 def _frames(seed, shape=(3, 24, 32, 3)):
     return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_direction_accuracy_counts_the_steps_that_turn_move_and_move_back():
+    commanded = torch.tensor([[0.0, 0.2, 0.0, 0.0], [0.0, -0.2, 0.1, 0.0], [0.0, -0.2, 0.0, 0.0],
+                              [0.0, 0.05, -0.1, 0.0]], dtype=torch.float64)
+    estimated = torch.tensor([[0.0, 0.1, 0.0, 0.0], [0.0, 0.01, 0.2, 0.0], [0.0, -0.1, 0.0, 0.0],
+                              [0.0, -0.3, 0.1, 0.0]], dtype=torch.float64)
+    assert direction_accuracy(estimated, commanded) == {
+        "yaw_direction_accuracy": 0.5, "forward_direction_accuracy": round(2 / 3, 4),
+        "backward_direction_accuracy": 0.5, "turning_steps": 2, "moving_steps": 3, "backward_steps": 2}
+    assert direction_accuracy(estimated[:1], commanded[:1])["backward_direction_accuracy"] is None
 
 
 def test_psnr_identical_and_constant_offset():
