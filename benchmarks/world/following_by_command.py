@@ -1,7 +1,8 @@
 """Which commands a student fails to follow: the pose probe's forward direction accuracy per
 minute of one scripted session (`long_rollout`'s player), split by what the command does over
 the probe's 4 frames (walking forward or back, turning, strafing), on the student's frames and
-on the world's true frames at the same poses.
+on the world's true frames at the same poses, with the mean forward motion the probe reads in
+each group against the mean commanded (how far the frames move, not only which way).
 
     python benchmarks/world/following_by_command.py --student lingbot_rt/world/weights/student \
         --seed 38 --minutes 4 --out runs/following_by_command_s38.json
@@ -42,7 +43,9 @@ def accuracy_by_kind(estimated: torch.Tensor, commanded: torch.Tensor, minute: t
         for kind, mask in command_kinds(commanded).items():
             steps = mask & (minute == m)
             row[kind] = {"accuracy": direction_accuracy(estimated[steps], commanded[steps])["forward_direction_accuracy"],
-                         "steps": int(steps.sum())}
+                         "steps": int(steps.sum()),
+                         "mean_forward": round(float(estimated[steps, 1].mean()), 4) if steps.any() else None,
+                         "commanded_forward": round(float(commanded[steps, 1].mean()), 4) if steps.any() else None}
         rows.append(row)
     return rows
 

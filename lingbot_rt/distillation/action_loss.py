@@ -21,7 +21,10 @@ and each group present weighs the same in the loss, whatever its count. Measured
 built-in world (tenth run): over two minutes of long play, the shipped student's frames read
 forward steps right 90% of the time and backward steps 47% (chance), so the minutes with more
 walking back are the ones whose forward following dips; backward pairs are a sixth of the
-moving pairs of the training windows, so an unweighted loss spends little on them.
+moving pairs of the training windows, so an unweighted loss spends little on them. Trained so
+(weight 2, `lab`), the probe reads the training windows' backward pairs at 0.98, yet in long
+play the student's backward following moves by seed and minute (0.34-0.86) and its 10-minute
+runs stay within the bounds as often as the shipped student's (25 of 30 seeds).
 """
 from __future__ import annotations
 
