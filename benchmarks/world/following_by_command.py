@@ -1,8 +1,10 @@
 """Which commands a student fails to follow: the pose probe's forward direction accuracy per
 minute of one scripted session (`long_rollout`'s player), split by what the command does over
 the probe's 4 frames (walking forward or back, turning, strafing), on the student's frames and
-on the world's true frames at the same poses, with the mean forward motion the probe reads in
-each group against the mean commanded (how far the frames move, not only which way).
+on the world's true frames at the same poses and on those passed through the world VAE (what
+the student's decoder allows), with the mean forward motion the probe reads in each group
+against the mean commanded (how far the frames move, not only which way), and each source's
+frame statistics.
 
     python benchmarks/world/following_by_command.py --student lingbot_rt/world/weights/student \
         --seed 38 --minutes 4 --out runs/following_by_command_s38.json
@@ -18,7 +20,7 @@ import torch
 
 from lingbot_rt.distillation.config import student_schedule
 from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, YAW_MOVING, direction_accuracy
-from lingbot_rt.world.long_rollout import ScriptedSession, render_minute, stream_blocks
+from lingbot_rt.world.long_rollout import ScriptedSession, frame_statistics, render_minute, stream_blocks, through_vae
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.pose_probe import GAP, load_probe, relative_motion
 from lingbot_rt.world.renderer import Renderer
@@ -83,16 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     minute = torch.arange(num_frames - GAP) // (60 * FPS)
     result = {"student": args.student, "seed": args.seed, "minutes": args.minutes, "map_seed": args.map_seed,
               "device": args.device, "probe": args.probe}
-    for name, video, path in (("student", frames, poses), ("truth", truth, world_poses)):
+    sources = (("student", frames, poses), ("truth", truth, world_poses),
+               ("truth_through_vae", through_vae(pipeline, truth), world_poses))
+    result["frame_statistics"] = {name: frame_statistics(video) for name, video, _ in sources}
+    for name, video, path in sources:
         estimated = probe.motion(torch.from_numpy(video).to(args.device)).double().cpu()
         result[name] = accuracy_by_kind(estimated, relative_motion(path[:-GAP], path[GAP:]), minute, args.minutes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     kinds = list(result["student"][0])[1:]
-    print("minute  " + "  ".join(f"{k:>16}" for k in kinds) + "   (student / truth, steps)")
-    for s, t in zip(result["student"], result["truth"]):
-        cells = [f"{s[k]['accuracy'] or 0:.2f}/{t[k]['accuracy'] or 0:.2f} ({s[k]['steps']:3d})" for k in kinds]
-        print(f"{s['minute']:6d}  " + "  ".join(f"{c:>16}" for c in cells))
+    print("minute  " + "  ".join(f"{k:>21}" for k in kinds) + "   (student / truth / truth through the VAE, steps)")
+    for s, t, v in zip(result["student"], result["truth"], result["truth_through_vae"]):
+        cells = [f"{s[k]['accuracy'] or 0:.2f}/{t[k]['accuracy'] or 0:.2f}/{v[k]['accuracy'] or 0:.2f} ({s[k]['steps']:3d})"
+                 for k in kinds]
+        print(f"{s['minute']:6d}  " + "  ".join(f"{c:>21}" for c in cells))
     return 0
 
 

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lingbot_rt.model.vae import video_to_uint8
 from lingbot_rt.world.evaluate import FPS, action_following
-from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute, stream_blocks
+from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute, stream_blocks, through_vae
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.pose_probe import load_probe
 from lingbot_rt.world.renderer import Renderer
@@ -40,14 +39,6 @@ def stream_frames(pipeline, players: list[ScriptedSession]) -> dict[int, np.ndar
             frames[player.seed].append(block)
             bar.update(len(block))
     return {seed: np.concatenate(f) for seed, f in frames.items()}
-
-
-@torch.no_grad()
-def through_vae(pipeline, frames: np.ndarray) -> np.ndarray:
-    """uint8 [T, H, W, 3] (T = 4n+1) encoded by the VAE and decoded as the stream decodes."""
-    video = torch.from_numpy(frames).to(pipeline.device).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
-    decoder = (pipeline.decoder or pipeline.vae).stream_decoder()
-    return video_to_uint8(decoder.decode(pipeline.vae.encode(video))[0]).cpu().numpy()
 
 
 def segment_following(probe, frames: np.ndarray, poses: np.ndarray, segment: int) -> list[dict]:

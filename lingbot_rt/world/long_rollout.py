@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from ..model.vae import video_to_uint8
 from ..pipeline.actions import ScriptedActions
 from ..pipeline.streaming import StreamingInference
 from .evaluate import FPS, action_following
@@ -141,6 +142,15 @@ def render_minute(renderer: Renderer, intrinsics: np.ndarray, poses: np.ndarray,
     poses = torch.from_numpy(poses)
     return np.concatenate([renderer.render(poses[i:i + 96], intrinsics, height, width).numpy()
                            for i in range(0, len(poses), 96)])
+
+
+@torch.no_grad()
+def through_vae(pipeline: StreamingInference, frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] (T = 4n+1) encoded by the pipeline's VAE and decoded as its stream
+    decodes (its tiny decoder where it has one): what the decoder allows a student to show."""
+    video = torch.from_numpy(frames).to(pipeline.device).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    decoder = (pipeline.decoder or pipeline.vae).stream_decoder()
+    return video_to_uint8(decoder.decode(pipeline.vae.encode(video))[0]).cpu().numpy()
 
 
 @torch.no_grad()

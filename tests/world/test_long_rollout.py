@@ -173,3 +173,23 @@ def test_cli_long_rollout_refuses_bad_seeds_and_a_missing_probe(tmp_path, capsys
     assert main(["world", "long-rollout", "--student", str(shipped_student_dir()), "--probe",
                  str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "out"), "--device", "cpu", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_truth_through_the_vae_is_the_truth_as_the_stream_decodes_it():
+    """`through_vae`: 9 true frames out as 9 frames of the same size, close to those frames and
+    further from another view's; a clip that is not 4n+1 frames is refused by the VAE."""
+    from lingbot_rt.distillation.config import student_schedule
+    from lingbot_rt.world.long_rollout import render_minute, through_vae
+    from lingbot_rt.world.shipped import shipped_student_dir
+    from lingbot_rt.world.stream import world_streaming
+    pipeline = world_streaming(shipped_student_dir(), config=world_stream_config(student_schedule(shipped_student_dir())))
+    world = generate_map(7)
+    renderer, intrinsics = Renderer(world), world.config.intrinsics(pipeline.height, pipeline.width)
+    _, poses = play(world, spawn_pose(world, 0), 9 + 160, 3)
+    truth, other = (render_minute(renderer, intrinsics, p, pipeline.height, pipeline.width) for p in (poses[:9], poses[-9:]))
+    passed = through_vae(pipeline, truth)
+    assert passed.shape == truth.shape and passed.dtype == np.uint8
+    error = lambda a, b: np.abs(a.astype(float) - b.astype(float)).mean()
+    assert error(passed, truth) < 0.5 * error(other, truth)
+    with pytest.raises(ValueError, match="video has 8 frames; the VAE encodes 4n\\+1 frames"):
+        through_vae(pipeline, truth[:8])
