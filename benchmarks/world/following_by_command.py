@@ -44,10 +44,10 @@ def accuracy_by_kind(estimated: torch.Tensor, commanded: torch.Tensor, minute: t
         row = {"minute": m + 1}
         for kind, mask in command_kinds(commanded).items():
             steps = mask & (minute == m)
+            mean_forward = lambda motion: round(float(motion[steps, 1].mean()), 4) if steps.any() else None
             row[kind] = {"accuracy": direction_accuracy(estimated[steps], commanded[steps])["forward_direction_accuracy"],
-                         "steps": int(steps.sum()),
-                         "mean_forward": round(float(estimated[steps, 1].mean()), 4) if steps.any() else None,
-                         "commanded_forward": round(float(commanded[steps, 1].mean()), 4) if steps.any() else None}
+                         "steps": int(steps.sum()), "mean_forward": mean_forward(estimated),
+                         "commanded_forward": mean_forward(commanded)}
         rows.append(row)
     return rows
 

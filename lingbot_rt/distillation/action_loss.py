@@ -19,9 +19,9 @@ Balanced (`balance=True`): the pairs fall into three groups by the commanded for
 (walking forward, walking back, neither: `FORWARD_MOVING` in 4 video frames, one latent frame)
 and each group present weighs the same in the loss, whatever its count. Measured on the
 built-in world (tenth run): over two minutes of long play, the shipped student's frames read
-forward steps right 90% of the time and backward steps 47% (chance), so the minutes with more
-walking back are the ones whose forward following dips; backward pairs are a sixth of the
-moving pairs of the training windows, so an unweighted loss spends little on them. Trained so
+forward steps right 90% of the time and backward steps 47% (chance; the true frames through
+the VAE 92%); backward pairs are a sixth of the moving pairs of the training windows, so an
+unweighted loss spends little on them. Trained so
 (weight 2, `lab`), the probe reads the training windows' backward pairs at 0.98, yet in long
 play the student's backward following moves by seed and minute (0.34-0.86) and its 10-minute
 runs stay within the bounds as often as the shipped student's (25 of 30 seeds).

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lingbot_rt.world.long_rollout import (BOUNDS, drift, frame_statistics, ground_truth_minutes, long_rollouts,
-                                          parse_seeds, score_minutes, within_bounds)
+                                          parse_seeds, render_minute, score_minutes, through_vae, within_bounds)
 from lingbot_rt.world.evaluate import FPS, action_following
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.players import play
@@ -179,7 +179,6 @@ def test_the_truth_through_the_vae_is_the_truth_as_the_stream_decodes_it():
     """`through_vae`: 9 true frames out as 9 frames of the same size, close to those frames and
     further from another view's; a clip that is not 4n+1 frames is refused by the VAE."""
     from lingbot_rt.distillation.config import student_schedule
-    from lingbot_rt.world.long_rollout import render_minute, through_vae
     from lingbot_rt.world.shipped import shipped_student_dir
     from lingbot_rt.world.stream import world_streaming
     pipeline = world_streaming(shipped_student_dir(), config=world_stream_config(student_schedule(shipped_student_dir())))
