@@ -21,5 +21,5 @@ evaluate() {   # evaluate <name> --teacher DIR | --student DIR: eval_<name>/eval
         --out "$ROOT/eval_$name" --device "$DEVICE" > /dev/null
     python -c "import json,sys; r=json.load(open(sys.argv[1])); m=r['model']; a=r['action_following']['model']; \
 print(f\"$name: psnr_3s {m['psnr_3s']} ssim_3s {m['ssim_3s']} yaw {a['yaw_direction_accuracy']} \
-forward {a['forward_direction_accuracy']} flops/frame {r['dit_flops_per_frame']:.3g}\")" "$ROOT/eval_$name/eval.json"
+forward {a['forward_direction_accuracy']} backward {a.get('backward_direction_accuracy')} flops/frame {r['dit_flops_per_frame']:.3g}\")" "$ROOT/eval_$name/eval.json"
 }

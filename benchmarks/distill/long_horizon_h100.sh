@@ -9,10 +9,12 @@
 # clips of LONG latent frames: TRAIN_FRAMES=$((4 * LONG + 1))), START the student they start
 # from, ROLL=0 skips the rollouts (then `long_rollouts.sh` in a call of its own), EVAL=0 the
 # held-out evaluations; FULL (and POOL, default "2, 2") trains and evaluates with a compressed
-# memory (`StudentSchedule.full_frames`, `memory_pool`). ACTIONS="name=weight[:balanced] ..." adds
-# `lt` runs with the action loss at that weight (`action_loss.py`; `:balanced` weighs walking
-# forward, walking back and neither alike), first training the latent motion probe on the
-# training clips (latent_probe.safetensors, its held-out accuracy in latent_probe.log).
+# memory (`StudentSchedule.full_frames`, `memory_pool`). ACTIONS="name=weight[:balanced[:decoded]] ..."
+# adds `lt` runs with the action loss at that weight (`action_loss.py`; `balanced` weighs walking
+# forward, walking back and neither alike, `-` does not; `decoded` reads the samples decoded by the
+# stream's tiny decoder with a pixel probe), first training the latent motion probe on the
+# training clips (latent_probe.safetensors, its held-out accuracy in latent_probe.log) or the
+# pixel probe on their latents decoded (decoded_probe.safetensors, decoded_probe.log).
 #   OUT=$OUT bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -25,17 +27,23 @@ printf "$RECIPE" > "$ROOT/dmd.yaml"
 printf "${RECIPE}rollout_frames: $LONG\n" > "$ROOT/dmd_lh.yaml"
 printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\n" > "$ROOT/dmd_lt.yaml"
 declare -A config=([lh]="$ROOT/dmd_lh.yaml" [ctl]="$ROOT/dmd.yaml" [lt]="$ROOT/dmd_lt.yaml")
+probes=""
 for spec in ${ACTIONS:-}; do
-    name=${spec%%=*}; IFS=: read -r weight balanced <<< "${spec#*=}"; config[$name]="$ROOT/dmd_$name.yaml"
-    printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\naction_loss_weight: $weight\naction_probe: $ROOT/latent_probe.safetensors\n${balanced:+action_loss_balance: true\n}" \
+    name=${spec%%=*}; IFS=: read -r weight balanced decoded <<< "${spec#*=}"; config[$name]="$ROOT/dmd_$name.yaml"
+    probe=${decoded:+decoded}; probe=${probe:-latent}; probes+=" $probe"
+    [ "$balanced" = balanced ] && balance="action_loss_balance: true\n" || balance=""
+    printf "${RECIPE}rollout_frames: $LONG\nwindow_anchor: truth\nscore_frames: 21\naction_loss_weight: $weight\naction_probe: $ROOT/${probe}_probe.safetensors\n${balance}${decoded:+action_decoder: $WEIGHTS/decoder\n}" \
         > "${config[$name]}"
 done
 if [ -n "${ACTIONS:-}" ]; then
     [ -f "$ROOT/heldout/dataset.json" ] || gen_data "${CLIPS:-512}" 32
-    $distill latent-probe --data "$ROOT/data" --vae "$WEIGHTS" --out "$ROOT/latent_probe.safetensors" \
-        --device "$DEVICE" > "$ROOT/latent_probe.log" 2>&1
-    stamp "latent probe at ${SECONDS}s: $(tail -1 "$ROOT/latent_probe.log")"
 fi
+for probe in $(tr ' ' '\n' <<< "$probes" | sort -u); do
+    [ "$probe" = decoded ] && decoder="--decoder $WEIGHTS/decoder" || decoder=""
+    $distill $probe-probe --data "$ROOT/data" --vae "$WEIGHTS" $decoder \
+        --out "$ROOT/${probe}_probe.safetensors" --device "$DEVICE" > "$ROOT/${probe}_probe.log" 2>&1
+    stamp "$probe probe at ${SECONDS}s: $(tail -1 "$ROOT/${probe}_probe.log")"
+done
 runs=""; students=""
 for name in $NAMES; do
     runs+=" $name=$START:5e-5:1.5:${config[$name]}"; students+=" $name=$ROOT/export_$name/student"

@@ -25,6 +25,15 @@ unweighted loss spends little on them. Trained so
 (weight 2, `lab`), the probe reads the training windows' backward pairs at 0.98, yet in long
 play the student's backward following moves by seed and minute (0.34-0.86) and its 10-minute
 runs stay within the bounds as often as the shipped student's (25 of 30 seeds).
+
+Decoded (`DecodedMotionProbe`, `DMDConfig.action_decoder`): the latent probe reads the true
+held-out clips' backward pairs at 0.88 but the student's training windows' at 0.98, better than
+the truth: the student can satisfy it with latent changes that are not the world's motion,
+which the decoder need not render. The decoded probe reads what the player sees instead: the
+samples through the stream's tiny decoder (the frame ending each latent frame), then a pixel
+`PoseProbe` trained on the true latents decoded the same way (`train_decoded_probe`; `lingbot-rt
+distill decoded-probe`), a model of its own beside the evaluations' probe, which reads the
+renderer's frames.
 """
 from __future__ import annotations
 
@@ -33,10 +42,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
+from ..model.controls import VIDEO_FRAMES_PER_LATENT
+from ..model.tiny_decoder import TinyDecoder, load_tiny_decoder
 from ..world.evaluate import FORWARD_MOVING, direction_accuracy
 from ..world.latents import ConditionedClips
-from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, fit_probe, read_probe_state
+from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, PoseProbe, fit_probe, read_probe_state
 
 LATENT_CHANNELS = 16
 
@@ -100,31 +112,95 @@ def action_loss(probe: LatentMotionProbe, x: torch.Tensor, motion: torch.Tensor,
     return loss, stats
 
 
-def train_latent_probe(data: ConditionedClips, steps: int = 3000, batch_size: int = 256, seed: int = 0,
-                       width: int = 64, holdout: float = 0.1, progress: bool = True) -> tuple[LatentMotionProbe, dict]:
-    """Train on the clips' latents and motions, all but the last `holdout` of the clips; returns
-    the probe (eval mode, frozen) and its direction accuracies on the held-out clips."""
-    if data.motion is None:
-        raise ValueError("the latent probe trains on the clips' camera motions: condition them with "
-                         "`condition_clips` (ConditionedClips.motion is None)")
-    held = max(1, round(len(data) * holdout))
-    if len(data) - held < 1 or data.num_frames < 2:
-        raise ValueError(f"training a latent probe needs at least 2 clips of 2 latent frames, got {len(data)} of "
-                         f"{data.num_frames}")
-    device, train_clips = data.x0.device, len(data) - held
+def _fit_motion_probe(make_probe, inputs, motion: torch.Tensor, steps: int, batch_size: int, seed: int,
+                      holdout: float, desc: str, progress: bool):
+    """Fit a probe on pairs of consecutive frames of clips `inputs` [N, F, ...] (latents or decoded
+    frames) against their motions [N, F - 1, 4], all but the last `holdout` of the clips; returns
+    it (eval mode, frozen) and its direction accuracies on the held-out clips."""
+    num_clips, num_frames = inputs.shape[:2]
+    held = max(1, round(num_clips * holdout))
+    if num_clips - held < 1 or num_frames < 2:
+        raise ValueError(f"training a motion probe needs at least 2 clips of 2 latent frames, got {num_clips} of "
+                         f"{num_frames}")
+    device, train_clips = inputs.device, num_clips - held
     scale = MOTION_SCALE.to(device)
 
     def draw_batch(generator):
         clip = torch.randint(train_clips, (batch_size,), generator=generator, device=device)
-        pair = torch.randint(data.num_frames - 1, (batch_size,), generator=generator, device=device)
-        return data.x0[clip, :, pair].float(), data.x0[clip, :, pair + 1].float(), data.motion[clip, pair] / scale
-    probe = fit_probe(lambda: LatentMotionProbe(width), draw_batch, steps, seed, device, "train-latent-probe",
-                      progress).requires_grad_(False)
+        pair = torch.randint(num_frames - 1, (batch_size,), generator=generator, device=device)
+        return inputs[clip, pair], inputs[clip, pair + 1], motion[clip, pair] / scale
+    probe = fit_probe(make_probe, draw_batch, steps, seed, device, desc, progress).requires_grad_(False)
     with torch.no_grad():
-        estimate = torch.cat([probe.pairs(data.x0[i:i + 1].float()) for i in range(train_clips, len(data))])
-    accuracy = direction_accuracy(estimate.flatten(0, 1).double().cpu() * scale.double().cpu(),
-                                  data.motion[train_clips:].flatten(0, 1).double().cpu())
+        estimate = torch.cat([probe(inputs[clip, :-1], inputs[clip, 1:]) for clip in range(train_clips, num_clips)])
+    accuracy = direction_accuracy(estimate.double().cpu() * scale.double().cpu(),
+                                  motion[train_clips:].flatten(0, 1).double().cpu())
     return probe, {**accuracy, "held_out_clips": held}
+
+
+def _clip_motion(data: ConditionedClips, probe: str) -> torch.Tensor:
+    if data.motion is None:
+        raise ValueError(f"the {probe} trains on the clips' camera motions: condition them with "
+                         "`condition_clips` (ConditionedClips.motion is None)")
+    return data.motion
+
+
+def train_latent_probe(data: ConditionedClips, steps: int = 3000, batch_size: int = 256, seed: int = 0,
+                       width: int = 64, holdout: float = 0.1, progress: bool = True) -> tuple[LatentMotionProbe, dict]:
+    """Train on the clips' latents and motions, all but the last `holdout` of the clips; returns
+    the probe (eval mode, frozen) and its direction accuracies on the held-out clips."""
+    motion = _clip_motion(data, "latent probe")
+    return _fit_motion_probe(lambda: LatentMotionProbe(width), data.x0.transpose(1, 2).float(), motion, steps,
+                             batch_size, seed, holdout, "train-latent-probe", progress)
+
+
+def latent_end_frames(decoder: TinyDecoder, latents: torch.Tensor) -> torch.Tensor:
+    """Clips [B, 16, F, h, w] -> [B, F, 3, 8h, 8w] in [-1, 1]: the video frame that ends each latent
+    frame, decoded by `decoder` as a new stream (latent 0 decodes to one frame)."""
+    video = decoder.stream_decoder().decode_raw(latents).clamp(-1, 1)
+    return video[:, :, ::VIDEO_FRAMES_PER_LATENT].transpose(1, 2)
+
+
+class DecodedMotionProbe(nn.Module):
+    """Latents -> the stream's tiny decoder -> a pixel `PoseProbe` on the frames that end
+    consecutive latent frames (video frames 4 apart, the probe's gap): the action loss read in
+    the pixels the player sees. Decoding keeps no activations for backward (recomputed there)."""
+
+    def __init__(self, decoder: TinyDecoder, probe: PoseProbe):
+        super().__init__()
+        self.decoder, self.probe = decoder, probe
+
+    def _pairs(self, latents: torch.Tensor) -> torch.Tensor:
+        frames = latent_end_frames(self.decoder, latents)
+        batch, num_frames = frames.shape[:2]
+        estimate = self.probe.read(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1))
+        return estimate.view(batch, num_frames - 1, -1)
+
+    def pairs(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clips [B, 16, F, h, w] -> scaled motion [B, F - 1, 4] of every consecutive pair."""
+        if torch.is_grad_enabled() and latents.requires_grad:
+            return checkpoint(self._pairs, latents, use_reentrant=False)
+        return self._pairs(latents)
+
+
+@torch.no_grad()
+def decoded_frames(decoder: TinyDecoder, x0: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """The clips' latents [N, 16, F, h, w] decoded by `decoder`: [N, F, 8h, 8w, 3] uint8, the frame
+    that ends each latent frame, as a player's video stores it."""
+    parts = [latent_end_frames(decoder, x0[i:i + chunk].to(decoder.dtype)) for i in range(0, len(x0), chunk)]
+    return ((torch.cat(parts) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
+
+
+def train_decoded_probe(data: ConditionedClips, decoder: TinyDecoder, steps: int = 3000, batch_size: int = 128,
+                        seed: int = 1, width: int = 32, holdout: float = 0.1,
+                        progress: bool = True) -> tuple[PoseProbe, dict]:
+    """A pixel probe for `DecodedMotionProbe`: trained on the clips' true latents decoded by the
+    stream's `decoder` and their exact motions (the evaluations' pose probe reads the renderer's
+    own frames), all but the last `holdout` of the clips; returns it (eval mode, frozen) and its
+    direction accuracies on the held-out clips."""
+    motion = _clip_motion(data, "decoded-frame probe")
+    frames = decoded_frames(decoder, data.x0)
+    return _fit_motion_probe(lambda: PoseProbe(width), frames, motion, steps, batch_size, seed, holdout,
+                             "train-decoded-probe", progress)
 
 
 def load_latent_probe(path: str | Path, device: str | torch.device = "cpu") -> LatentMotionProbe:
@@ -139,3 +215,21 @@ def load_latent_probe(path: str | Path, device: str | torch.device = "cpu") -> L
     except RuntimeError as exc:
         raise ValueError(f"{path} does not match the latent motion probe's layers: {exc}") from None
     return probe.to(device).eval().requires_grad_(False)
+
+
+def load_action_probe(probe: str | Path, decoder: str | Path | None,
+                      device: str | torch.device = "cpu") -> LatentMotionProbe | DecodedMotionProbe:
+    """The action loss's frozen probe: the latent motion probe at `probe`, or, with the tiny
+    `decoder`'s directory, the pixel probe at `probe` (`distill decoded-probe`) behind it."""
+    if decoder is None:
+        return load_latent_probe(probe, device)
+    state = read_probe_state(probe, "decoded-frame probe", "lingbot-rt distill decoded-probe")
+    if "convs.0.weight" not in state or state["convs.0.weight"].shape[1] != 6:
+        raise ValueError(f"{probe} is not a pixel probe (its first layer must read two RGB frames); with "
+                         "action_decoder the action probe comes from `lingbot-rt distill decoded-probe`")
+    pixel = PoseProbe(width=state["convs.0.weight"].shape[0])
+    try:
+        pixel.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{probe} does not match the pose probe's layers: {exc}") from None
+    return DecodedMotionProbe(load_tiny_decoder(decoder), pixel).to(device).eval().requires_grad_(False)

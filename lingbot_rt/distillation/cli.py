@@ -5,6 +5,7 @@
     lingbot-rt distill dmd --student runs/init/student --teacher T --data D --vae V --out runs/dmd \
         [--workers 2 --gpus-per-worker 1] [--strategy fsdp --activation-checkpointing]
     lingbot-rt distill latent-probe --data D --vae V --out runs/latent_probe.safetensors   # for --action-loss-weight
+    lingbot-rt distill decoded-probe --data D --vae V --decoder DEC --out runs/decoded_probe.safetensors  # + --action-decoder
     torchrun --nproc_per_node=8 -m lingbot_rt.distillation.cli dmd ...     # = distillation/train_dmd.py
     lingbot-rt distill memory-plan --config lingbot-14b --gpus 8 --gpu-gb 80
 
@@ -75,7 +76,7 @@ def cmd_dmd(args) -> int:
     config = replace(_load_config(DMDConfig, args.config), **_given(
         args, "batch_size", "steps", "minutes", "seed", "generator_lr", "critic_lr", "data_loss_weight", "strategy",
         "activation_checkpointing", "rollout_frames", "window_anchor", "score_frames", "action_loss_weight",
-        "action_probe", "action_loss_balance"))
+        "action_probe", "action_decoder", "action_loss_balance"))
     load_data = partial(load_conditioned_clips, args.data, args.vae, max_clips=args.max_clips,
                         keep_starts=config.window_anchor == "truth")
     job = DMDJob(args.student, args.teacher, args.out, load_data, config, args.critic,
@@ -92,17 +93,25 @@ def cmd_dmd(args) -> int:
     return 0
 
 
-def cmd_latent_probe(args) -> int:
+def cmd_motion_probe(args) -> int:
+    """`latent-probe` and `decoded-probe`: the action loss's probe, trained on the data's clips."""
     import json
 
+    from ..model.tiny_decoder import load_tiny_decoder
     from ..world.latents import load_conditioned_clips
     from ..world.pose_probe import save_probe
-    from .action_loss import train_latent_probe
+    from .action_loss import train_decoded_probe, train_latent_probe
     device = _device(args.device)
     data = load_conditioned_clips(args.data, args.vae, device, args.max_clips)
-    probe, accuracy = train_latent_probe(data, steps=args.steps, seed=args.seed or 0)
-    save_probe(probe, args.out, data=args.data, steps=args.steps, **accuracy)
-    print(f"latent motion probe written to {args.out}; on {accuracy['held_out_clips']} held-out clips: "
+    if args.distill_command == "decoded-probe":
+        decoder = load_tiny_decoder(args.decoder, device=device)
+        probe, accuracy = train_decoded_probe(data, decoder, steps=args.steps, seed=args.seed or 0)
+        made = {"decoder": args.decoder}
+    else:
+        probe, accuracy = train_latent_probe(data, steps=args.steps, seed=args.seed or 0)
+        made = {}
+    save_probe(probe, args.out, data=args.data, steps=args.steps, **made, **accuracy)
+    print(f"{args.distill_command} written to {args.out}; on {accuracy['held_out_clips']} held-out clips: "
           f"{json.dumps(accuracy)}")
     return 0
 
@@ -176,7 +185,10 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--action-loss-weight", type=float,
                    help="add this x the action loss (a latent motion probe against the commanded motion) to the "
                         "generator's (default 0)")
-    p.add_argument("--action-probe", help="the latent motion probe the action loss reads (`distill latent-probe`)")
+    p.add_argument("--action-probe", help="the latent motion probe the action loss reads (`distill latent-probe`), "
+                   "or with --action-decoder a pixel probe (`distill decoded-probe`)")
+    p.add_argument("--action-decoder", help="a tiny decoder's directory: the action loss reads the samples decoded by "
+                   "it (the stream's, e.g. lingbot_rt/world/weights/decoder)")
     p.add_argument("--action-loss-balance", action="store_true", default=None,
                    help="weigh the action loss's pairs walking forward, walking back and neither alike")
     p.add_argument("--steps", type=int)
@@ -186,16 +198,22 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="recompute each DiT block in backward (student and critic)")
     p.set_defaults(func=cmd_dmd)
 
-    p = sub.add_parser("latent-probe", help="train the latent motion probe of the action loss on the data's "
-                       "latents and camera motions")
-    p.add_argument("--data", required=True, help="a `world gen-data` directory")
-    p.add_argument("--vae", required=True, help="the data's VAE (a train-vae directory, or lingbot_rt/world/weights)")
-    p.add_argument("--out", required=True, help="the probe's safetensors file")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--max-clips", type=int, help="use the first N clips of --data")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.set_defaults(func=cmd_latent_probe)
+    for name, what in (("latent-probe", "the latent motion probe of the action loss, on the data's latents"),
+                       ("decoded-probe", "the pixel probe of the action loss with --action-decoder, on the data's "
+                                         "latents decoded by the tiny decoder")):
+        p = sub.add_parser(name, help=f"train {what} and camera motions")
+        p.add_argument("--data", required=True, help="a `world gen-data` directory")
+        p.add_argument("--vae", required=True,
+                       help="the data's VAE (a train-vae directory, or lingbot_rt/world/weights)")
+        if name == "decoded-probe":
+            p.add_argument("--decoder", required=True,
+                           help="the tiny decoder's directory (the stream's: lingbot_rt/world/weights/decoder)")
+        p.add_argument("--out", required=True, help="the probe's safetensors file")
+        p.add_argument("--steps", type=int, default=3000)
+        p.add_argument("--max-clips", type=int, help="use the first N clips of --data")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+        p.set_defaults(func=cmd_motion_probe)
 
     from .memory_plan import add_arguments
     p = sub.add_parser("memory-plan", help="per-GPU memory of DMD at full size, counted on the meta device")

@@ -139,7 +139,9 @@ class DMDConfig:
                                     # the generator's loss (0: DMD alone); keeps the student near the data
     action_loss_weight: float = 0.0  # + this x the action loss (`action_loss.py`) on the rollouts the DMD loss
                                      # scores: a latent motion probe against the commanded camera motion
-    action_probe: str | None = None  # the latent motion probe's safetensors (`lingbot-rt distill latent-probe`)
+    action_probe: str | None = None  # the latent motion probe's safetensors (`lingbot-rt distill latent-probe`),
+                                     # or with action_decoder a pixel probe's (`lingbot-rt distill decoded-probe`)
+    action_decoder: str | None = None  # a tiny decoder's directory: the action loss reads the samples decoded by it
     action_loss_balance: bool = False  # weigh walking forward, walking back and neither alike in the action loss
     rollout_frames: int = 0         # long-horizon DMD (`long_horizon.py`): roll the student out to up to this many
                                     # latent frames, past its KV window, and score the last clip-length window;
@@ -170,6 +172,8 @@ class DMDConfig:
         if self.action_loss_weight and not self.action_probe:
             raise ValueError("action_loss_weight needs action_probe: a latent motion probe (`lingbot-rt distill "
                              "latent-probe`)")
+        if self.action_decoder and not self.action_loss_weight:
+            raise ValueError("action_decoder decodes the samples the action loss reads: it needs action_loss_weight > 0")
         if self.action_loss_balance and not self.action_loss_weight:
             raise ValueError("action_loss_balance weighs the action loss's pairs: it needs action_loss_weight > 0")
         if self.action_loss_weight and self.rollout_frames and self.window_anchor != "truth":

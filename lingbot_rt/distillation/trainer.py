@@ -54,7 +54,7 @@ from ..model.dit import CausalWanModel
 from ..model.vae import WanVAE
 from ..world.latents import ConditionedClips
 from ..world.training import EMA, Budget, JsonlLog
-from .action_loss import action_loss, load_latent_probe
+from .action_loss import action_loss, load_action_probe
 from .causal_init import STUDENT_DIR, teacher_forcing_loss
 from .config import DMDConfig, save_student_schedule
 from .distributed import Ranks, average_gradients
@@ -115,7 +115,7 @@ class DMDTrainer:
             if data.motion is None:
                 raise ValueError("the action loss needs the clips' camera motions (ConditionedClips.motion): "
                                  "condition them with `condition_clips`")
-            self.action_probe = load_latent_probe(config.action_probe, self.device)
+            self.action_probe = load_action_probe(config.action_probe, config.action_decoder, self.device)
         torch.manual_seed(config.seed)
         critic_dir = critic_dir or teacher_dir
         if config.strategy == "fsdp":

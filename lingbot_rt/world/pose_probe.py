@@ -51,7 +51,11 @@ class PoseProbe(nn.Module):
 
     def forward(self, frame_a: torch.Tensor, frame_b: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] pairs -> scaled motion [N, 4]."""
-        x = torch.cat([frame_a, frame_b], -1).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return self.read(*(frame.permute(0, 3, 1, 2).float() / 127.5 - 1.0 for frame in (frame_a, frame_b)))
+
+    def read(self, frame_a: torch.Tensor, frame_b: torch.Tensor) -> torch.Tensor:
+        """Float [N, 3, H, W] pairs in [-1, 1] -> scaled motion [N, 4] (differentiable)."""
+        x = torch.cat([frame_a, frame_b], 1)
         for conv in self.convs:
             x = F.silu(conv(x))
         return self.head(x.mean((2, 3)))

@@ -8,14 +8,19 @@ import torch
 import torch.nn.functional as F
 
 from lingbot_rt.distillation.action_loss import (
+    DecodedMotionProbe,
     LatentMotionProbe,
     action_loss,
+    decoded_frames,
     forward_groups,
+    load_action_probe,
     load_latent_probe,
+    train_decoded_probe,
     train_latent_probe,
 )
 from lingbot_rt.distillation.config import DMDConfig
 from lingbot_rt.distillation.trainer import DMDTrainer
+from lingbot_rt.model.tiny_decoder import TinyDecoder, load_tiny_decoder, save_tiny_decoder, tiny_decoder_config
 from lingbot_rt.world.pose_probe import MOTION_SCALE, PoseProbe, save_probe
 
 from .helpers import LATENT_HW, NUM_FRAMES, SCHEDULE, save_tiny, synthetic_clips
@@ -112,6 +117,58 @@ def test_probe_files_round_trip_and_bad_files_get_clear_errors(trained, tmp_path
         train_latent_probe(synthetic_clips(4), steps=1)
 
 
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_tiny_decoder(TinyDecoder(tiny_decoder_config("tiny")).eval(), tmp_path_factory.mktemp("decoder"))
+
+
+def test_decoded_probe_reads_the_frames_that_end_consecutive_latents_with_gradient(decoder_dir):
+    decoder = load_tiny_decoder(decoder_dir)
+    torch.manual_seed(1)
+    probe = DecodedMotionProbe(decoder, PoseProbe(width=4)).requires_grad_(False)
+    x = torch.randn(2, 16, 4, *LATENT_HW)
+    video = decoder.stream_decoder().decode(x)                       # what a player's stream shows
+    assert video.shape[2] == 13
+    frames = decoded_frames(decoder, x)
+    assert frames.shape == (2, 4, 8 * LATENT_HW[0], 8 * LATENT_HW[1], 3) and frames.dtype == torch.uint8
+    as_uint8 = ((video[:, :, ::4] + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+    torch.testing.assert_close(frames, as_uint8, atol=1, rtol=0)
+    pairs = probe.pairs(x)
+    assert pairs.shape == (2, 3, 4)
+    torch.testing.assert_close(pairs[1, 2], probe.probe.read(video[1:2, :, 8], video[1:2, :, 12])[0])
+    checkpointed = x.clone().requires_grad_()
+    probe.pairs(checkpointed).square().sum().backward()              # recomputed decode: the same gradient
+    direct = x.clone().requires_grad_()
+    probe._pairs(direct).square().sum().backward()
+    assert checkpointed.grad.abs().sum() > 0
+    torch.testing.assert_close(checkpointed.grad, direct.grad)
+
+
+def test_decoded_probe_trains_on_decoded_truth_and_its_file_loads_behind_the_decoder(decoder_dir, trained, tmp_path):
+    decoder = load_tiny_decoder(decoder_dir)
+    clips = moving_clips(20)
+    probe, accuracy = train_decoded_probe(clips, decoder, steps=60, batch_size=32, progress=False)
+    assert accuracy["held_out_clips"] == 2 and accuracy["moving_steps"] > 0
+    assert not any(p.requires_grad for p in probe.parameters())
+    path = save_probe(probe, tmp_path / "decoded.safetensors")
+    loaded = load_action_probe(path, decoder_dir)
+    assert isinstance(loaded, DecodedMotionProbe)
+    x = clips.x0[:1].float()
+    frames = decoded_frames(decoder, x)[0]
+    torch.testing.assert_close(loaded.pairs(x)[0], probe(frames[:-1], frames[1:]), atol=2e-2, rtol=0)
+    assert isinstance(load_action_probe(save_probe(trained[0], tmp_path / "latent.safetensors"), None),
+                      LatentMotionProbe)
+    with pytest.raises(ValueError, match="not a pixel probe"):
+        load_action_probe(tmp_path / "latent.safetensors", decoder_dir)
+    with pytest.raises(FileNotFoundError, match="distill decoded-probe"):
+        load_action_probe(tmp_path / "missing.safetensors", decoder_dir)
+    with pytest.raises(FileNotFoundError, match="tiny decoder"):
+        load_action_probe(path, tmp_path / "no_decoder")
+    with pytest.raises(ValueError, match="camera motions"):
+        train_decoded_probe(synthetic_clips(4), decoder, steps=1)
+
+
 def test_config_refuses_an_action_loss_without_a_probe_or_along_chained_paths():
     with pytest.raises(ValueError, match="action_loss_weight needs action_probe"):
         DMDConfig(action_loss_weight=1.0)
@@ -121,6 +178,8 @@ def test_config_refuses_an_action_loss_without_a_probe_or_along_chained_paths():
         DMDConfig(action_loss_weight=-1.0)
     with pytest.raises(ValueError, match="action_loss_balance .* needs action_loss_weight"):
         DMDConfig(action_loss_balance=True)
+    with pytest.raises(ValueError, match="action_decoder .* needs action_loss_weight"):
+        DMDConfig(action_decoder="decoder")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +188,7 @@ def dirs(tmp_path_factory):
     return save_tiny(root / "student", 2), save_tiny(root / "teacher", 1)
 
 
-def test_the_action_loss_joins_the_generator_loss_with_its_weight(dirs, trained, tmp_path):
+def test_the_action_loss_joins_the_generator_loss_with_its_weight(dirs, trained, decoder_dir, tmp_path):
     """Same step, same draws: the weighted run's generator loss is the plain run's plus the
     weight times the action loss it reports, and its update differs."""
     probe_path = save_probe(trained[0], tmp_path / "probe.safetensors")
@@ -145,6 +204,13 @@ def test_the_action_loss_joins_the_generator_loss_with_its_weight(dirs, trained,
     assert "action_loss" not in a and b["action_loss"] > 0 and 0 <= b["probe_forward_direction_accuracy"] <= 1
     assert b["generator_loss"] == pytest.approx(a["generator_loss"] + 2.0 * b["action_loss"], rel=1e-4, abs=1e-6)
     assert any(not torch.equal(v, weighted.student.state_dict()[k]) for k, v in plain.student.state_dict().items())
+    decoded_path = save_probe(PoseProbe(width=4), tmp_path / "decoded.safetensors")
+    decoded = DMDTrainer(*dirs, data, tmp_path / "decoded", dataclasses.replace(
+        DMD, action_loss_weight=2.0, action_probe=str(decoded_path), action_decoder=str(decoder_dir)))
+    d = decoded.train_step()
+    assert d["generator_loss"] == pytest.approx(a["generator_loss"] + 2.0 * d["action_loss"], rel=1e-4, abs=1e-6)
+    assert d["action_loss"] != pytest.approx(b["action_loss"])
+    assert any(not torch.equal(v, decoded.student.state_dict()[k]) for k, v in weighted.student.state_dict().items())
     with pytest.raises(ValueError, match="camera motions"):
         DMDTrainer(*dirs, synthetic_clips(4), tmp_path / "no_motion",
                    dataclasses.replace(DMD, action_loss_weight=1.0, action_probe=str(probe_path)))
