@@ -42,7 +42,7 @@ for probe in $(tr ' ' '\n' <<< "$probes" | sort -u); do
     [ "$probe" = decoded ] && decoder="--decoder $WEIGHTS/decoder" || decoder=""
     $distill $probe-probe --data "$ROOT/data" --vae "$WEIGHTS" $decoder \
         --out "$ROOT/${probe}_probe.safetensors" --device "$DEVICE" > "$ROOT/${probe}_probe.log" 2>&1
-    stamp "$probe probe at ${SECONDS}s: $(tail -1 "$ROOT/${probe}_probe.log")"
+    stamp "$probe probe at ${SECONDS}s: $(tail -1 "$ROOT/${probe}_probe.log" | tr '\r' '\n' | tail -1)"
 done
 runs=""; students=""
 for name in $NAMES; do
