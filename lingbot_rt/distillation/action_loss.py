@@ -49,7 +49,7 @@ from ..model.controls import VIDEO_FRAMES_PER_LATENT
 from ..model.tiny_decoder import TinyDecoder, load_tiny_decoder
 from ..world.evaluate import FORWARD_MOVING, direction_accuracy
 from ..world.latents import ConditionedClips
-from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, PoseProbe, fit_probe, read_probe_state
+from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, PoseProbe, fit_probe, load_probe, read_probe_state
 
 LATENT_CHANNELS = 16
 
@@ -85,7 +85,7 @@ def forward_groups(motion: torch.Tensor) -> list[torch.Tensor]:
     return [forward > FORWARD_MOVING, forward < -FORWARD_MOVING, forward.abs() <= FORWARD_MOVING]
 
 
-def action_loss(probe: LatentMotionProbe, x: torch.Tensor, motion: torch.Tensor,
+def action_loss(probe: LatentMotionProbe | DecodedMotionProbe, x: torch.Tensor, motion: torch.Tensor,
                 balance: bool = False) -> tuple[torch.Tensor, dict]:
     """The student's samples x [B, 16, F, h, w] (with their graph) against the commanded motion
     [B, F - 1, 4] (unscaled) of their consecutive latent frames: the smooth-L1 loss of the
@@ -224,13 +224,5 @@ def load_action_probe(probe: str | Path, decoder: str | Path | None,
     `decoder`'s directory, the pixel probe at `probe` (`distill decoded-probe`) behind it."""
     if decoder is None:
         return load_latent_probe(probe, device)
-    state = read_probe_state(probe, "decoded-frame probe", "lingbot-rt distill decoded-probe")
-    if "convs.0.weight" not in state or state["convs.0.weight"].shape[1] != 6:
-        raise ValueError(f"{probe} is not a pixel probe (its first layer must read two RGB frames); with "
-                         "action_decoder the action probe comes from `lingbot-rt distill decoded-probe`")
-    pixel = PoseProbe(width=state["convs.0.weight"].shape[0])
-    try:
-        pixel.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{probe} does not match the pose probe's layers: {exc}") from None
+    pixel = load_probe(probe, made_by="lingbot-rt distill decoded-probe")
     return DecodedMotionProbe(load_tiny_decoder(decoder), pixel).to(device).eval().requires_grad_(False)

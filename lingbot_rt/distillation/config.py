@@ -138,7 +138,7 @@ class DMDConfig:
     data_loss_weight: float = 0.0   # + this x the teacher-forcing flow-matching loss on the real clips in
                                     # the generator's loss (0: DMD alone); keeps the student near the data
     action_loss_weight: float = 0.0  # + this x the action loss (`action_loss.py`) on the rollouts the DMD loss
-                                     # scores: a latent motion probe against the commanded camera motion
+                                     # scores: a motion probe (latent, or decoded) against the commanded motion
     action_probe: str | None = None  # the latent motion probe's safetensors (`lingbot-rt distill latent-probe`),
                                      # or with action_decoder a pixel probe's (`lingbot-rt distill decoded-probe`)
     action_decoder: str | None = None  # a tiny decoder's directory: the action loss reads the samples decoded by it

@@ -123,11 +123,13 @@ def read_probe_state(path: str | Path, what: str, made_by: str) -> dict[str, tor
         raise ValueError(f"{path} is not a safetensors file: {exc}") from None
 
 
-def load_probe(path: str | Path, device: str | torch.device = "cpu") -> PoseProbe:
-    """A probe from `save_probe`'s safetensors, in eval mode; its width is read from the weights."""
-    state = read_probe_state(path, "pose probe", "lingbot-rt world train-probe")
-    if "convs.0.weight" not in state:
-        raise ValueError(f"{path} is not a pose probe: it has no convs.0.weight")
+def load_probe(path: str | Path, device: str | torch.device = "cpu",
+               made_by: str = "lingbot-rt world train-probe") -> PoseProbe:
+    """A probe from `save_probe`'s safetensors, in eval mode; its width is read from the weights.
+    `made_by`: the command that writes one, for the error when the file is missing."""
+    state = read_probe_state(path, "pose probe", made_by)
+    if "convs.0.weight" not in state or state["convs.0.weight"].shape[1] != 6:
+        raise ValueError(f"{path} is not a pose probe (its first layer must read two RGB frames)")
     probe = PoseProbe(width=state["convs.0.weight"].shape[0])
     try:
         probe.load_state_dict(state)

@@ -159,7 +159,7 @@ def test_decoded_probe_trains_on_decoded_truth_and_its_file_loads_behind_the_dec
     torch.testing.assert_close(loaded.pairs(x)[0], probe(frames[:-1], frames[1:]), atol=2e-2, rtol=0)
     assert isinstance(load_action_probe(save_probe(trained[0], tmp_path / "latent.safetensors"), None),
                       LatentMotionProbe)
-    with pytest.raises(ValueError, match="not a pixel probe"):
+    with pytest.raises(ValueError, match="not a pose probe"):
         load_action_probe(tmp_path / "latent.safetensors", decoder_dir)
     with pytest.raises(FileNotFoundError, match="distill decoded-probe"):
         load_action_probe(tmp_path / "missing.safetensors", decoder_dir)

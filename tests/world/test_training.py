@@ -639,8 +639,11 @@ def test_load_probe_refuses_what_is_not_a_probe(tmp_path):
     with pytest.raises(ValueError, match="not a safetensors file"):
         load_probe(tmp_path / "garbage.safetensors")
     save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
-    with pytest.raises(ValueError, match="no convs.0.weight"):
+    with pytest.raises(ValueError, match="not a pose probe"):
         load_probe(tmp_path / "other.safetensors")
+    save_file({"convs.0.weight": torch.zeros(8, 32, 3, 3)}, tmp_path / "latent.safetensors")
+    with pytest.raises(ValueError, match="must read two RGB frames"):
+        load_probe(tmp_path / "latent.safetensors")
     state = PoseProbe(width=8).state_dict()
     del state["head.bias"]
     save_file(state, tmp_path / "short.safetensors")
