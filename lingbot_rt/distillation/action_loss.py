@@ -47,6 +47,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..model.controls import VIDEO_FRAMES_PER_LATENT
 from ..model.tiny_decoder import TinyDecoder, load_tiny_decoder
+from ..model.vae import video_to_uint8
 from ..world.evaluate import FORWARD_MOVING, direction_accuracy
 from ..world.latents import ConditionedClips
 from ..world.pose_probe import MOTION_NAMES, MOTION_SCALE, PoseProbe, fit_probe, load_probe, read_probe_state
@@ -188,7 +189,7 @@ def decoded_frames(decoder: TinyDecoder, x0: torch.Tensor, chunk: int = 8) -> to
     """The clips' latents [N, 16, F, h, w] decoded by `decoder`: [N, F, 8h, 8w, 3] uint8, the frame
     that ends each latent frame, as a player's video stores it."""
     parts = [latent_end_frames(decoder, x0[i:i + chunk].to(decoder.dtype)) for i in range(0, len(x0), chunk)]
-    return ((torch.cat(parts) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
+    return video_to_uint8(torch.cat(parts).transpose(1, 2))
 
 
 def train_decoded_probe(data: ConditionedClips, decoder: TinyDecoder, steps: int = 3000, batch_size: int = 128,
