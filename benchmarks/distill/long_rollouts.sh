@@ -4,7 +4,8 @@
 # seeds and a line per seed. A process still running after ROLL_LIMIT seconds is stopped (0: no
 # limit); each seed's report is rewritten as its minutes close, so a stopped run leaves its
 # closed minutes ("complete": false). An entry is name=student-dir[:schedule-yaml] (a
-# StudentSchedule, e.g. a compressed memory's).
+# StudentSchedule, e.g. a compressed memory's). NOISE_DRAW=k > 0 keeps every seed's keys and
+# redraws the stream's noise (`--noise-draw`).
 # Each process renders the truth, runs the probe and decodes its sessions on one core: on a
 # 16-core GPU machine 20 single-seed runs (ROOT and SEEDS per run) finish 10 minutes in 330 s,
 # where 10 processes of 10 seeds each (half with action guidance, beside two evaluations) reached
@@ -14,14 +15,14 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 STUDENTS=${STUDENTS:?name=student-dir ...}
-SEEDS=${SEEDS:-0-4}; MINUTES=${MINUTES:-10}; ROLL_LIMIT=${ROLL_LIMIT:-0}
+SEEDS=${SEEDS:-0-4}; MINUTES=${MINUTES:-10}; ROLL_LIMIT=${ROLL_LIMIT:-0}; NOISE_DRAW=${NOISE_DRAW:-0}
 
 mkdir -p "$ROOT"
 stamp "long rollouts: $STUDENTS, seeds $SEEDS"
 for entry in $STUDENTS; do
     name=${entry%%=*}; IFS=: read -r student schedule <<< "${entry#*=}"
     timeout "$ROLL_LIMIT" $world long-rollout --student "$student" ${schedule:+--schedule "$schedule"} \
-        --probe "$PROBE" --minutes "$MINUTES" --seeds "$SEEDS" --device "$DEVICE" --out "$ROOT/rollout_$name" \
+        --probe "$PROBE" --minutes "$MINUTES" --seeds "$SEEDS" --noise-draw "$NOISE_DRAW" --device "$DEVICE" --out "$ROOT/rollout_$name" \
         > "$ROOT/rollout_$name.log" 2>&1 &
 done
 wait || true

@@ -124,15 +124,16 @@ def _student_schedule(path: str | None, student_dir: str):
 def cmd_long_rollout(args) -> int:
     import json
 
-    from .long_rollout import long_rollouts, parse_seeds
+    from .long_rollout import long_rollouts, noise_seed, parse_seeds
     from .pose_probe import load_probe
     from .stream import world_stream_config, world_streaming
     device = _device(args.device)
     seeds = parse_seeds(args.seeds)
+    noise_seed(0, args.noise_draw)                     # refuses a bad draw before anything loads
     probe = load_probe(args.probe, device)
     config = world_stream_config(_student_schedule(args.schedule, args.student), max_sessions=len(seeds))
     reports = long_rollouts(world_streaming(args.student, device=device, config=config), probe, seeds=seeds,
-                            minutes=args.minutes, map_seed=args.map_seed, out_dir=args.out)
+                            minutes=args.minutes, map_seed=args.map_seed, noise_draw=args.noise_draw, out_dir=args.out)
     for report in reports:
         print(json.dumps({k: v for k, v in report.items() if k not in ("per_minute", "bounds")}))
     return 0 if all(report["all_within_bounds"] for report in reports) else 1
@@ -251,6 +252,8 @@ def build(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--map-seed", type=int, default=7)
     p.add_argument("--seeds", default="0", help="player seeds, batched: 0-49, 3, 0,4,7-9 or \"0 1 2\"")
+    p.add_argument("--noise-draw", type=int, default=0, help="0: each seed's own noise; k > 0: the same keys "
+                   "with another draw of the stream's noise")
     p.add_argument("--out", required=True, help="reports go to <out>/s<seed>/long_rollout.json")
     p.add_argument("--device")
     p.set_defaults(func=cmd_long_rollout)

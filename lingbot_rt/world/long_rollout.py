@@ -36,6 +36,10 @@ statistic's minutes (`drift`): the change over the run it implies, relative to t
 the frame statistics and in accuracy points for action following, with +-2 standard errors.
 A collapse is a drift; a student whose minutes scatter around a level is not drifting, whether
 or not a minute leaves the bounds.
+
+A seed fixes both the player's keys and the stream's noise. `noise_draw` k > 0 keeps the keys
+and draws the stream's noise from another seed (`noise_seed`): rerunning a seed with other
+draws tells a miss that comes with the keys from one that comes with the noise.
 """
 from __future__ import annotations
 
@@ -167,6 +171,14 @@ def ground_truth_minutes(probe: PoseProbe, *, minutes: int, map_seed: int = 7, s
     return per_minute
 
 
+def noise_seed(seed: int, draw: int) -> int:
+    """The stream's noise seed for a player seed's `draw`-th noise draw: the seed itself for
+    draw 0 (what a session with that seed streams), distinct seeds for other draws."""
+    if draw < 0:
+        raise ValueError(f"a noise draw is a number >= 0, got {draw}")
+    return seed if draw == 0 else seed + draw * 1_000_003
+
+
 def parse_seeds(text: str) -> list[int]:
     """Player seeds from "0-49", "3", "0,4,7-9" or "0 1 2", in that order, each once."""
     seeds = []
@@ -182,11 +194,12 @@ class ScriptedSession:
     """One scripted player of a long rollout: its keys from the map's spawn view, the world's
     poses along them, its stream's session, and its minutes as they close."""
 
-    def __init__(self, pipeline: StreamingInference, world, image: np.ndarray, seed: int, num_frames: int):
-        self.seed, self.num_frames = seed, num_frames
+    def __init__(self, pipeline: StreamingInference, world, image: np.ndarray, seed: int, num_frames: int,
+                 noise_draw: int = 0):
+        self.seed, self.num_frames, self.noise_draw = seed, num_frames, noise_draw
         keys, self.world_poses = play(world, spawn_pose(world, 0), num_frames, seed)   # world_poses[i]: frame i
         self.actions = ScriptedActions(keys[1:])
-        self.session = pipeline.open_session(image, world.prompt, seed)
+        self.session = pipeline.open_session(image, world.prompt, noise_seed(seed, noise_draw))
         self.frames, self.poses, self.per_minute, self.thumbs = [], [], [], []
 
     @property
@@ -229,9 +242,11 @@ def stream_blocks(pipeline: StreamingInference, players: list[ScriptedSession]):
 
 @torch.no_grad()
 def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list[int], minutes: float = 10.0,
-                  map_seed: int = 7, out_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
+                  map_seed: int = 7, noise_draw: int = 0, out_dir: str | Path | None = None,
+                  progress: bool = True) -> list[dict]:
     """`minutes` of scripted play for every seed, the sessions batched through the pipeline's
-    `denoise` as the server batches its players (each seed's frames depend on its seed alone).
+    `denoise` as the server batches its players (each seed's frames depend on its seed and
+    `noise_draw` alone).
     With `out_dir`, each seed's report goes to <out_dir>/s<seed>/long_rollout.json, rewritten
     as each of its minutes closes ("complete": false until the last), with the minutes'
     first frames beside it (long_rollout_minutes.png)."""
@@ -239,6 +254,7 @@ def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list
         raise ValueError(f"a long rollout reports per whole minute: minutes must be >= 1, got {minutes}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    noise_seed(0, noise_draw)
     if pipeline.free_slots < len(seeds):
         raise ValueError(f"{len(seeds)} seeds need as many session slots; the pipeline has {pipeline.free_slots} "
                          f"free (StreamConfig.max_sessions)")
@@ -250,7 +266,7 @@ def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list
     players = []
     try:
         for seed in seeds:
-            players.append(ScriptedSession(pipeline, world, image, seed, num_frames))
+            players.append(ScriptedSession(pipeline, world, image, seed, num_frames, noise_draw))
         with tqdm(total=num_frames * len(seeds), unit="frame", desc="long rollouts", disable=not progress) as bar:
             for player, frames, poses in stream_blocks(pipeline, players):
                 if player.add(frames, poses, renderer, intrinsics, probe) and out_dir is not None:
@@ -265,7 +281,7 @@ def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list
 def _write_report(player: ScriptedSession, image: np.ndarray, num_frames: int, map_seed: int,
                   resolution: tuple[int, int], out_dir: str | Path | None) -> dict:
     report = {"minutes": len(player.per_minute), "complete": player.done, "frames": num_frames, "fps": FPS,
-              "map_seed": map_seed, "seed": player.seed, "resolution": list(resolution),
+              "map_seed": map_seed, "seed": player.seed, "noise_draw": player.noise_draw, "resolution": list(resolution),
               "bounds": {k: list(v) if isinstance(v, tuple) else v for k, v in BOUNDS.items()},
               **score_minutes(player.per_minute), "drift": drift(player.per_minute), "per_minute": player.per_minute}
     if out_dir is not None:

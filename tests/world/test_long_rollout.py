@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lingbot_rt.world.long_rollout import (BOUNDS, drift, frame_statistics, ground_truth_minutes, long_rollouts,
-                                          parse_seeds, render_minute, score_minutes, through_vae, within_bounds)
+                                          noise_seed, parse_seeds, render_minute, score_minutes, through_vae,
+                                          within_bounds)
 from lingbot_rt.world.evaluate import FPS, action_following
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.players import play
@@ -127,6 +128,8 @@ def test_a_rollout_shorter_than_a_minute_or_without_slots_is_refused():
         long_rollouts(None, None, seeds=[0], minutes=0.5)
     with pytest.raises(ValueError, match="distinct"):
         long_rollouts(None, None, seeds=[1, 1], minutes=1)
+    with pytest.raises(ValueError, match="a noise draw is a number >= 0, got -2"):
+        long_rollouts(None, None, seeds=[1], minutes=1, noise_draw=-2)
 
     class OneSlot:
         free_slots = 1
@@ -164,8 +167,19 @@ def test_a_minute_of_the_shipped_student_is_reported_beside_the_world_at_its_pos
         assert batched["per_minute"][0][name] == pytest.approx(minute[name], rel=1e-3), name
     assert other["per_minute"][0]["ground_truth"] != minute["ground_truth"]          # another player's keys
 
+    (redrawn,) = long_rollouts(pipeline, probe, minutes=1, seeds=[5], noise_draw=1, progress=False)
+    assert redrawn["noise_draw"] == 1 and report["noise_draw"] == 0
+    assert redrawn["per_minute"][0]["ground_truth"] == minute["ground_truth"]         # the same keys and poses
+    assert redrawn["per_minute"][0]["mean_intensity"] != minute["mean_intensity"]     # other noise, other frames
+
+
+def test_noise_draws_keep_a_seed_for_draw_zero_and_give_distinct_seeds_otherwise():
+    seeds = {noise_seed(seed, draw) for seed in range(50) for draw in range(4)}
+    assert len(seeds) == 200 and all(noise_seed(seed, 0) == seed for seed in range(50))
+
 
 @pytest.mark.parametrize("extra, message", [(["--seeds", "1;2"], "seeds must be numbers or ranges"),
+                                            (["--noise-draw", "-1"], "a noise draw is a number >= 0, got -1"),
                                             ([], "no pose probe at")])
 def test_cli_long_rollout_refuses_bad_seeds_and_a_missing_probe(tmp_path, capsys, extra, message):
     from lingbot_rt.cli import main
