@@ -1,0 +1,170 @@
+"""Long-rollout reports of the same seeds under several noise draws (`world long-rollout
+--noise-draw`): which misses come with a seed's keys and which with the stream's noise, how
+much of a minute's statistics is noise, and whether the students' minutes are stationary.
+
+Each argument is name=dir, dir holding one report per seed (s<seed>.json); a name given several
+dirs has one noise draw per dir, on the same seeds.
+
+    python benchmarks/world/noise_draws.py --out benchmarks/results/distill/twelfth_run/noise_draws.json \
+        clt=benchmarks/results/distill/eighth_run/h100_rollouts \
+        clt=benchmarks/results/distill/twelfth_run/h100_clt_draw1 \
+        clt=benchmarks/results/distill/twelfth_run/h100_clt_draw2 \
+        pab=benchmarks/results/distill/twelfth_run/h100_pab_draw0
+
+Per student:
+* `misses`: per seed, each draw's missed bounds (statistic@minute);
+* `pass_rate`: the fraction of seed-draws with every minute within the bounds, and the chance
+  that 20 seeds all pass if seeds pass independently at that rate;
+* `noise_sd`: the standard deviation between draws of a minute's statistic (the keys fixed),
+  and of its change from minute one, beside the bound (ratios as logs; 2+ draws);
+* `minute_to_minute_sd`: within a seed-draw, the spread of the student's statistic relative to
+  the world's at the same poses (log ratio, or difference for following) over its minutes;
+* `per_minute_mean`: the mean over seed-draws of each minute's student / world ratio (frame
+  statistics) or student - world difference (following): a collapse is a trend here;
+* `scatter`: within a seed-draw, the spread over its minutes of the student's own statistic and
+  of the world's at the same poses (log for frame statistics), and their correlation over the
+  minutes: whether the student's minutes move with the world's, as the bounds' widening by the
+  world's same minute assumes;
+* `session_envelope_pass_rate`: the pass rate with each bound widened instead by the furthest
+  the world moves from its minute one in any minute of the seed's session (a reading, not the
+  report's bounds);
+* `shuffled_pass_rate`: the pass rate when each seed-draw's minutes (each with the world's at
+  its poses) are put in a random order, `SHUFFLES` orders each. Shuffling removes any trend
+  over the 10 minutes and keeps how much the minutes scatter: it is the rate at which the
+  bounds pass a student whose minutes scatter as these do and that does not drift at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lingbot_rt.world.long_rollout import BOUNDS, score_minutes
+
+SHUFFLES = 200
+
+
+def load_draws(dirs: list[str]) -> tuple[list[int], list[list[dict]]]:
+    """The seeds every dir holds and, per dir, their reports in seed order, scored against the
+    bounds as `long_rollout` scores them now; refuses dirs whose seeds differ or a report whose
+    seed is not its name's."""
+    seeds = None
+    draws = []
+    for d in dirs:
+        paths = sorted(Path(d).glob("s*.json"), key=lambda p: int(p.stem[1:]))
+        reports = [json.loads(p.read_text()) for p in paths]
+        for path, report in zip(paths, reports):
+            if report["seed"] != int(path.stem[1:]) or not report["complete"]:
+                raise ValueError(f"{path}: not the complete report of seed {path.stem[1:]}")
+            report.update(score_minutes(report["per_minute"]))
+        these = [r["seed"] for r in reports]
+        if seeds is not None and these != seeds:
+            raise ValueError(f"{d} holds seeds {these}, the first dir {seeds}")
+        seeds = these
+        draws.append(reports)
+    return seeds, draws
+
+
+def shuffled_pass_rate(reports: list[dict], rng: np.random.Generator) -> float:
+    """The fraction of `SHUFFLES` random minute orders per report that keep every bound."""
+    passed = 0
+    for report in reports:
+        minutes = report["per_minute"]
+        for _ in range(SHUFFLES):
+            order = [dict(minutes[i]) for i in rng.permutation(len(minutes))]
+            passed += score_minutes(order)["all_within_bounds"]
+    return passed / (SHUFFLES * len(reports))
+
+
+def within_session_envelope(report: dict) -> bool:
+    """Every minute within `BOUNDS` of minute one, each bound widened by the furthest the world
+    moves from its own minute one in any minute of the session."""
+    minutes = report["per_minute"]
+    first, truth_first = minutes[0], minutes[0]["ground_truth"]
+    for name, bound in BOUNDS.items():
+        moves = [m["ground_truth"][name] for m in minutes]
+        for minute in minutes[1:]:
+            value = minute[name]
+            if isinstance(bound, tuple):
+                lo = bound[0] * min(1.0, min(moves) / truth_first[name])
+                hi = bound[1] * max(1.0, max(moves) / truth_first[name])
+                if not lo <= value / first[name] <= hi:
+                    return False
+            elif value < first[name] + bound + min(0.0, min(moves) - truth_first[name]):
+                return False
+    return True
+
+
+def relative(value: float, truth: float, bound) -> float:
+    return float(np.log(value / truth)) if isinstance(bound, tuple) else value - truth
+
+
+def summarise(dirs: list[str]) -> dict:
+    seeds, draws = load_draws(dirs)
+    misses = {seed: [[f"{k}@{m['minute']}" for m in r["per_minute"] for k, ok in m["within_bounds"].items()
+                      if ok is False] for r in (draw[i] for draw in draws)] for i, seed in enumerate(seeds)}
+    passed = [r["all_within_bounds"] for draw in draws for r in draw]
+    rate = sum(passed) / len(passed)
+    out = {"dirs": dirs, "seeds": seeds, "draws": len(draws),
+           "pass_per_draw": [sum(r["all_within_bounds"] for r in draw) for draw in draws],
+           "pass_rate": {"seed_draws": len(passed), "rate": round(rate, 3), "all_of_20_seeds": round(rate ** 20, 3)},
+           "seeds_missing_in_every_draw": [s for s, m in misses.items() if all(m)],
+           "session_envelope_pass_rate": round(float(np.mean([within_session_envelope(r) for draw in draws
+                                                               for r in draw])), 3),
+           "shuffled_pass_rate": round(shuffled_pass_rate([r for draw in draws for r in draw],
+                                                           np.random.default_rng(0)), 3),
+           "misses": misses, "noise_sd": {}, "minute_to_minute_sd": {}, "scatter": {}, "per_minute_mean": {}}
+    for name, bound in BOUNDS.items():
+        # [draw, seed, minute]: the student's statistic, and relative to the world at the same poses
+        value = np.array([[[m[name] for m in r["per_minute"]] for r in draw] for draw in draws], dtype=np.float64)
+        rel = np.array([[[relative(m[name], m["ground_truth"][name], bound) for m in r["per_minute"]] for r in draw]
+                        for draw in draws])
+        own = np.log(value) if isinstance(bound, tuple) else value
+        if len(draws) > 1:
+            out["noise_sd"][name] = {"minute": round(float(own.std(0, ddof=1).mean()), 4),
+                                     "change_from_minute_one": round(float((own[..., 1:] - own[..., :1]).std(0, ddof=1).mean()), 4),
+                                     "bound": round(float(np.log(bound[1])) if isinstance(bound, tuple) else -bound, 4)}
+        out["minute_to_minute_sd"][name] = round(float(rel.std(-1, ddof=1).mean()), 4)
+        world = own - rel                                     # the world's own statistic (log for ratios)
+        correlation = [np.corrcoef(a, b)[0, 1] for a, b in zip(own.reshape(-1, own.shape[-1]),
+                                                               world.reshape(-1, own.shape[-1]))
+                       if a.std() > 0 and b.std() > 0]
+        out["scatter"][name] = {"student": round(float(own.std(-1, ddof=1).mean()), 4),
+                                "world": round(float(world.std(-1, ddof=1).mean()), 4),
+                                "correlation": round(float(np.mean(correlation)), 3) if correlation else None}
+        per_minute = rel.mean((0, 1))
+        out["per_minute_mean"][name] = [round(float(np.exp(v) if isinstance(bound, tuple) else v), 4) for v in per_minute]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("groups", nargs="+", help="name=dir of s<seed>.json reports, a dir per noise draw")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    groups: dict[str, list[str]] = {}
+    for group in args.groups:
+        name, sep, d = group.partition("=")
+        if not sep or not name or not Path(d).is_dir():
+            raise SystemExit(f"noise_draws.py: {group!r} is not name=dir of reports")
+        groups.setdefault(name, []).append(d)
+    result = {"command": " ".join(sys.argv), "students": {name: summarise(dirs) for name, dirs in groups.items()}}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for name, s in result["students"].items():
+        print(f"{name}: {s['draws']} draws of seeds {s['seeds'][0]}-{s['seeds'][-1]}; within every bound per draw "
+              f"{s['pass_per_draw']}; seed-draw pass rate {s['pass_rate']['rate']} (20 of 20 seeds: "
+              f"{s['pass_rate']['all_of_20_seeds']}); with the minutes shuffled {s['shuffled_pass_rate']}; within the session envelope {s['session_envelope_pass_rate']}; missing in every draw {s['seeds_missing_in_every_draw'] or '-'}")
+        for stat, sd in s["noise_sd"].items():
+            print(f"  {stat}: noise sd {sd['minute']} (change from minute one {sd['change_from_minute_one']}, bound "
+                  f"{sd['bound']}); minute-to-minute sd against the world {s['minute_to_minute_sd'][stat]}")
+        for stat, sc in s["scatter"].items():
+            print(f"  {stat}: minute-to-minute sd student {sc['student']}, world {sc['world']}; correlation {sc['correlation']}")
+        for stat, means in s["per_minute_mean"].items():
+            print(f"  {stat} per minute, against the world: {' '.join(f'{v:.3f}' for v in means)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""`benchmarks/world/noise_draws.py` on hand-made reports: the shuffled pass rate of minutes
+that never move is 1 and of a minute far from the rest is 0; draws of different seeds are refused."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "world" / "noise_draws.py"
+spec = importlib.util.spec_from_file_location("noise_draws", SCRIPT)
+noise_draws = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(noise_draws)
+
+STATS = {"mean_intensity": 0.4, "contrast": 0.12, "sharpness": 0.006, "yaw_direction_accuracy": 0.98,
+         "forward_direction_accuracy": 0.85}
+
+
+def report(seed: int, intensities: list[float]) -> dict:
+    minutes = [{"minute": i + 1, **STATS, "mean_intensity": v, "ground_truth": dict(STATS)}
+               for i, v in enumerate(intensities)]
+    return {"seed": seed, "complete": True, "all_within_bounds": len(set(intensities)) == 1, "per_minute": minutes}
+
+
+def test_shuffled_pass_rate_of_steady_and_of_one_stray_minute():
+    rng = np.random.default_rng(0)
+    assert noise_draws.shuffled_pass_rate([report(0, [0.4] * 10)], rng) == 1.0
+    assert noise_draws.shuffled_pass_rate([report(0, [0.4] * 9 + [0.8])], rng) == 0.0   # first or not, it misses
+
+
+def test_summary_counts_passes_per_draw_and_refuses_draws_of_other_seeds(tmp_path):
+    for draw, seeds in (("a", (3, 4)), ("b", (3, 4)), ("c", (3, 5))):
+        (tmp_path / draw).mkdir()
+        for seed in seeds:
+            steady = [0.4] * 10 if (draw, seed) != ("b", 4) else [0.4] * 9 + [0.8]
+            (tmp_path / draw / f"s{seed}.json").write_text(json.dumps(report(seed, steady)))
+    summary = noise_draws.summarise([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert summary["pass_per_draw"] == [2, 1] and summary["pass_rate"]["rate"] == 0.75
+    assert summary["misses"][4] == [[], ["mean_intensity@10"]] and summary["seeds_missing_in_every_draw"] == []
+    assert summary["per_minute_mean"]["mean_intensity"][-1] == pytest.approx(np.exp(np.log(2) / 4), abs=1e-4)
+    with pytest.raises(ValueError, match="holds seeds \\[3, 5\\], the first dir \\[3, 4\\]"):
+        noise_draws.summarise([str(tmp_path / "a"), str(tmp_path / "c")])
+
+
+def test_the_session_envelope_widens_every_minute_by_the_furthest_the_world_moves():
+    """The world brightens 1.3x at minute 5 only; the student is 1.4x at minute 9. Widened by
+    the world's same minute the student misses; by the session's furthest move (1.15 x 1.3) it
+    holds, and at 1.6x it misses both."""
+    from lingbot_rt.world.long_rollout import score_minutes
+    for student, same_minute, envelope in ((1.4, False, True), (1.6, False, False)):
+        r = report(0, [0.4] * 8 + [0.4 * student, 0.4])
+        r["per_minute"][4]["ground_truth"]["mean_intensity"] = 0.4 * 1.3
+        assert score_minutes(r["per_minute"])["all_within_bounds"] is same_minute
+        assert noise_draws.within_session_envelope(r) is envelope
