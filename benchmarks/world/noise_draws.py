@@ -99,6 +99,7 @@ def within_session_envelope(report: dict) -> bool:
 
 
 def relative(value: float, truth: float, bound) -> float:
+    """A statistic against the world's: log ratio for a ratio bound, difference otherwise."""
     return float(np.log(value / truth)) if isinstance(bound, tuple) else value - truth
 
 
@@ -124,8 +125,9 @@ def summarise(dirs: list[str]) -> dict:
                         for draw in draws])
         own = np.log(value) if isinstance(bound, tuple) else value
         if len(draws) > 1:
+            change = own[..., 1:] - own[..., :1]
             out["noise_sd"][name] = {"minute": round(float(own.std(0, ddof=1).mean()), 4),
-                                     "change_from_minute_one": round(float((own[..., 1:] - own[..., :1]).std(0, ddof=1).mean()), 4),
+                                     "change_from_minute_one": round(float(change.std(0, ddof=1).mean()), 4),
                                      "bound": round(float(np.log(bound[1])) if isinstance(bound, tuple) else -bound, 4)}
         out["minute_to_minute_sd"][name] = round(float(rel.std(-1, ddof=1).mean()), 4)
         world = own - rel                                     # the world's own statistic (log for ratios)
@@ -136,7 +138,8 @@ def summarise(dirs: list[str]) -> dict:
                                 "world": round(float(world.std(-1, ddof=1).mean()), 4),
                                 "correlation": round(float(np.mean(correlation)), 3) if correlation else None}
         per_minute = rel.mean((0, 1))
-        out["per_minute_mean"][name] = [round(float(np.exp(v) if isinstance(bound, tuple) else v), 4) for v in per_minute]
+        out["per_minute_mean"][name] = [round(float(np.exp(v) if isinstance(bound, tuple) else v), 4)
+                                        for v in per_minute]
     return out
 
 
@@ -156,12 +159,15 @@ def main() -> None:
     for name, s in result["students"].items():
         print(f"{name}: {s['draws']} draws of seeds {s['seeds'][0]}-{s['seeds'][-1]}; within every bound per draw "
               f"{s['pass_per_draw']}; seed-draw pass rate {s['pass_rate']['rate']} (20 of 20 seeds: "
-              f"{s['pass_rate']['all_of_20_seeds']}); with the minutes shuffled {s['shuffled_pass_rate']}; within the session envelope {s['session_envelope_pass_rate']}; missing in every draw {s['seeds_missing_in_every_draw'] or '-'}")
+              f"{s['pass_rate']['all_of_20_seeds']}); with the minutes shuffled {s['shuffled_pass_rate']}; "
+              f"within the session envelope {s['session_envelope_pass_rate']}; "
+              f"missing in every draw {s['seeds_missing_in_every_draw'] or '-'}")
         for stat, sd in s["noise_sd"].items():
             print(f"  {stat}: noise sd {sd['minute']} (change from minute one {sd['change_from_minute_one']}, bound "
                   f"{sd['bound']}); minute-to-minute sd against the world {s['minute_to_minute_sd'][stat]}")
         for stat, sc in s["scatter"].items():
-            print(f"  {stat}: minute-to-minute sd student {sc['student']}, world {sc['world']}; correlation {sc['correlation']}")
+            print(f"  {stat}: minute-to-minute sd student {sc['student']}, world {sc['world']}; "
+                  f"correlation {sc['correlation']}")
         for stat, means in s["per_minute_mean"].items():
             print(f"  {stat} per minute, against the world: {' '.join(f'{v:.3f}' for v in means)}")
 

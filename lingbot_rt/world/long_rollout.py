@@ -173,7 +173,8 @@ def ground_truth_minutes(probe: PoseProbe, *, minutes: int, map_seed: int = 7, s
 
 def noise_seed(seed: int, draw: int) -> int:
     """The stream's noise seed for a player seed's `draw`-th noise draw: the seed itself for
-    draw 0 (what a session with that seed streams), distinct seeds for other draws."""
+    draw 0 (what a session with that seed streams), and for other draws seeds distinct from
+    every other (seed, draw) with seed < 1_000_003."""
     if draw < 0:
         raise ValueError(f"a noise draw is a number >= 0, got {draw}")
     return seed if draw == 0 else seed + draw * 1_000_003
@@ -281,7 +282,8 @@ def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list
 def _write_report(player: ScriptedSession, image: np.ndarray, num_frames: int, map_seed: int,
                   resolution: tuple[int, int], out_dir: str | Path | None) -> dict:
     report = {"minutes": len(player.per_minute), "complete": player.done, "frames": num_frames, "fps": FPS,
-              "map_seed": map_seed, "seed": player.seed, "noise_draw": player.noise_draw, "resolution": list(resolution),
+              "map_seed": map_seed, "seed": player.seed, "noise_draw": player.noise_draw,
+              "resolution": list(resolution),
               "bounds": {k: list(v) if isinstance(v, tuple) else v for k, v in BOUNDS.items()},
               **score_minutes(player.per_minute), "drift": drift(player.per_minute), "per_minute": player.per_minute}
     if out_dir is not None:
