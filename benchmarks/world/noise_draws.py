@@ -6,6 +6,8 @@ Each argument is name=dir, dir holding one report per seed (s<seed>.json); a nam
 dirs has one noise draw per dir, on the same seeds.
 
     python benchmarks/world/noise_draws.py --out benchmarks/results/distill/twelfth_run/noise_draws.json \
+        --calibrate perfect perfect=benchmarks/results/distill/twelfth_run/map8_as_student \
+        perfect=benchmarks/results/distill/twelfth_run/map9_as_student \
         clt=benchmarks/results/distill/eighth_run/h100_rollouts \
         clt=benchmarks/results/distill/twelfth_run/h100_clt_draw1 \
         clt=benchmarks/results/distill/twelfth_run/h100_clt_draw2 \
@@ -28,6 +30,10 @@ Per student:
 * `session_envelope_pass_rate`: the pass rate with each bound widened instead by the furthest
   the world moves from its minute one in any minute of the seed's session (a reading, not the
   report's bounds);
+* with `--calibrate NAME`, `calibrated_bounds`: the fixed bounds widened to the furthest any
+  minute of NAME's reports moves from its minute one (NAME: reports of perfect world models,
+  `another_map.py`), and each student's `calibrated_pass_rate` within them: bounds that every
+  perfect world model keeps, with no widening by the played map's same minute;
 * `shuffled_pass_rate`: the pass rate when each seed-draw's minutes (each with the world's at
   its poses) are put in a random order, `SHUFFLES` orders each. Shuffling removes any trend
   over the 10 minutes and keeps how much the minutes scatter: it is the rate at which the
@@ -98,6 +104,32 @@ def within_session_envelope(report: dict) -> bool:
     return True
 
 
+def calibrated_bounds(reports: list[dict]) -> dict:
+    """`BOUNDS` widened to the furthest the reports' minutes move from their minute one."""
+    bounds = {}
+    for name, bound in BOUNDS.items():
+        if isinstance(bound, tuple):
+            ratios = [m[name] / r["per_minute"][0][name] for r in reports for m in r["per_minute"]]
+            bounds[name] = (min(bound[0], min(ratios)), max(bound[1], max(ratios)))
+        else:
+            changes = [m[name] - r["per_minute"][0][name] for r in reports for m in r["per_minute"]]
+            bounds[name] = min(bound, min(changes))
+    return bounds
+
+
+def within(report: dict, bounds: dict) -> bool:
+    """Every minute within `bounds` (shaped as `BOUNDS`) of minute one, no widening."""
+    first = report["per_minute"][0]
+    for minute in report["per_minute"]:
+        for name, bound in bounds.items():
+            if isinstance(bound, tuple):
+                if not bound[0] <= minute[name] / first[name] <= bound[1]:
+                    return False
+            elif minute[name] < first[name] + bound:
+                return False
+    return True
+
+
 def relative(value: float, truth: float, bound) -> float:
     """A statistic against the world's: log ratio for a ratio bound, difference otherwise."""
     return float(np.log(value / truth)) if isinstance(bound, tuple) else value - truth
@@ -146,6 +178,7 @@ def summarise(dirs: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("groups", nargs="+", help="name=dir of s<seed>.json reports, a dir per noise draw")
+    ap.add_argument("--calibrate", help="a group (perfect world models) whose minutes set calibrated bounds")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     groups: dict[str, list[str]] = {}
@@ -154,7 +187,17 @@ def main() -> None:
         if not sep or not name or not Path(d).is_dir():
             raise SystemExit(f"noise_draws.py: {group!r} is not name=dir of reports")
         groups.setdefault(name, []).append(d)
+    if args.calibrate is not None and args.calibrate not in groups:
+        raise SystemExit(f"noise_draws.py: --calibrate {args.calibrate!r} names no group")
     result = {"command": " ".join(sys.argv), "students": {name: summarise(dirs) for name, dirs in groups.items()}}
+    if args.calibrate is not None:
+        bounds = calibrated_bounds([r for d in groups[args.calibrate] for r in load_draws([d])[1][0]])
+        result["calibrated_bounds"] = {"by": args.calibrate, "bounds": bounds}
+        for name, dirs in groups.items():
+            runs = [(k, r) for k, d in enumerate(dirs) for r in load_draws([d])[1][0]]
+            misses = [f"seed {r['seed']} ({dirs[k]})" for k, r in runs if not within(r, bounds)]
+            result["students"][name]["calibrated_pass_rate"] = {"seed_draws": len(runs),
+                                                                "passed": len(runs) - len(misses), "misses": misses}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, s in result["students"].items():
         print(f"{name}: {s['draws']} draws of seeds {s['seeds'][0]}-{s['seeds'][-1]}; within every bound per draw "
@@ -170,6 +213,12 @@ def main() -> None:
                   f"correlation {sc['correlation']}")
         for stat, means in s["per_minute_mean"].items():
             print(f"  {stat} per minute, against the world: {' '.join(f'{v:.3f}' for v in means)}")
+    if args.calibrate is not None:
+        shown = {k: [round(x, 3) for x in b] if isinstance(b, tuple) else round(b, 3) for k, b in bounds.items()}
+        print(f"bounds calibrated by {args.calibrate}: {shown}")
+        for name, s in result["students"].items():
+            rate = s["calibrated_pass_rate"]
+            print(f"  {name}: {rate['passed']} of {rate['seed_draws']} seed-draws within them")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,13 @@ def test_the_session_envelope_widens_every_minute_by_the_furthest_the_world_move
         r["per_minute"][4]["ground_truth"]["mean_intensity"] = 0.4 * 1.3
         assert score_minutes(r["per_minute"])["all_within_bounds"] is same_minute
         assert noise_draws.within_session_envelope(r) is envelope
+
+
+def test_calibrated_bounds_reach_as_far_as_the_calibrating_minutes_move_and_no_further():
+    steady, brighter = report(0, [0.4] * 10), report(1, [0.4] * 9 + [0.52])          # 1.3x at minute 10
+    brighter["per_minute"][5]["forward_direction_accuracy"] = 0.85 - 0.2               # -0.2 at minute 6
+    bounds = noise_draws.calibrated_bounds([steady, brighter])
+    assert bounds["mean_intensity"] == (0.85, pytest.approx(1.3)) and bounds["contrast"] == (0.7, 1.3)
+    assert bounds["forward_direction_accuracy"] == pytest.approx(-0.2) and bounds["yaw_direction_accuracy"] == -0.1
+    assert noise_draws.within(steady, bounds) and noise_draws.within(brighter, bounds)
+    assert not noise_draws.within(report(2, [0.4] * 9 + [0.6]), bounds)                # 1.5x: beyond them
