@@ -219,11 +219,11 @@ class ScriptedSession:
         start = len(self.per_minute) * per_minute            # the stream's frame i is the world's frame i
         truth_path = self.world_poses[start:start + per_minute]
         height, width = frames.shape[1:3]
-        truth = minute_statistics(render_minute(renderer, intrinsics, truth_path, height, width), truth_path, probe)
+        truth_frames = render_minute(renderer, intrinsics, truth_path, height, width)
         self.per_minute.append({"minute": len(self.per_minute) + 1,
                                 **minute_statistics(frames[:per_minute], poses[:per_minute], probe),
-                                "ground_truth": truth})
-        self.thumbs.append(frames[0])
+                                "ground_truth": minute_statistics(truth_frames, truth_path, probe)})
+        self.thumbs.append(np.concatenate([frames[0], truth_frames[0]]))     # the stream over the world
         self.frames, self.poses = [frames[per_minute:]], [poses[per_minute:]]
         return True
 
@@ -250,7 +250,8 @@ def long_rollouts(pipeline: StreamingInference, probe: PoseProbe, *, seeds: list
     `noise_draw` alone).
     With `out_dir`, each seed's report goes to <out_dir>/s<seed>/long_rollout.json, rewritten
     as each of its minutes closes ("complete": false until the last), with the minutes'
-    first frames beside it (long_rollout_minutes.png)."""
+    first frames beside it (long_rollout_minutes.png: the start image, then each minute's first
+    frame, the stream's over the world's at the same pose)."""
     if minutes < 1:
         raise ValueError(f"a long rollout reports per whole minute: minutes must be >= 1, got {minutes}")
     if not seeds or len(set(seeds)) != len(seeds):
@@ -290,5 +291,6 @@ def _write_report(player: ScriptedSession, image: np.ndarray, num_frames: int, m
         out = Path(out_dir) / f"s{player.seed}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "long_rollout.json").write_text(json.dumps(report, indent=2) + "\n")
-        Image.fromarray(np.concatenate([image, *player.thumbs], 1)).save(out / "long_rollout_minutes.png")
+        Image.fromarray(np.concatenate([np.concatenate([image, image]), *player.thumbs], 1)).save(
+            out / "long_rollout_minutes.png")
     return report

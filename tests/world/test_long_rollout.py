@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -158,7 +159,13 @@ def test_a_minute_of_the_shipped_student_is_reported_beside_the_world_at_its_pos
     assert report["complete"] and report["seed"] == 5
     assert minute["mean_intensity"] != minute["ground_truth"]["mean_intensity"]       # the student's own frames
     assert json.loads((tmp_path / "s5" / "long_rollout.json").read_text()) == report
-    assert (tmp_path / "s5" / "long_rollout_minutes.png").is_file()
+    thumbs = np.array(Image.open(tmp_path / "s5" / "long_rollout_minutes.png"))
+    assert thumbs.shape == (2 * 128, 2 * 128, 3)                  # start image and minute one; stream over world
+    np.testing.assert_array_equal(thumbs[:128, :128], thumbs[128:, :128])                # the start image twice
+    world = generate_map(7)
+    _, poses = play(world, spawn_pose(world, 0), 961, 5)
+    truth = render_minute(Renderer(world), world.config.intrinsics(128, 128), poses[:1], 128, 128)[0]
+    np.testing.assert_array_equal(thumbs[128:, 128:], truth)                             # the world at frame 0
 
     other, batched = long_rollouts(pipeline, probe, minutes=1, seeds=[6, 5], progress=False)
     assert pipeline.free_slots == 2 and (other["seed"], batched["seed"]) == (6, 5)
