@@ -34,6 +34,10 @@ Per student:
   minute of NAME's reports moves from its minute one (NAME: reports of perfect world models,
   `another_map.py`), and each student's `calibrated_pass_rate` within them: bounds that every
   perfect world model keeps, with no widening by the played map's same minute;
+  `collapse_detection`: the fraction of each student's seed-draws the calibrated bounds and
+  the report's bounds fail once a collapse is put into them (`COLLAPSES`: a fade to grey, a
+  saturation, a darkening, frozen motion), growing linearly from minute one to its full size
+  at the last minute: bounds that pass a collapse do not test for one;
 * `shuffled_pass_rate`: the pass rate when each seed-draw's minutes (each with the world's at
   its poses) are put in a random order, `SHUFFLES` orders each. Shuffling removes any trend
   over the 10 minutes and keeps how much the minutes scatter: it is the rate at which the
@@ -51,6 +55,11 @@ import numpy as np
 from lingbot_rt.world.long_rollout import BOUNDS, score_minutes
 
 SHUFFLES = 200
+# full size at the last minute: factors of frame statistics, following accuracy to reach
+COLLAPSES = {"fade to grey": {"contrast": 0.5, "sharpness": 0.5},
+             "saturation": {"mean_intensity": 1.5, "contrast": 1.5},
+             "darkening": {"mean_intensity": 0.6},
+             "frozen motion": {"yaw_direction_accuracy": 0.5, "forward_direction_accuracy": 0.5}}
 
 
 def load_draws(dirs: list[str]) -> tuple[list[int], list[list[dict]]]:
@@ -130,6 +139,28 @@ def within(report: dict, bounds: dict) -> bool:
     return True
 
 
+def collapsed(report: dict, collapse: dict) -> dict:
+    """A copy of `report` with `collapse` ({statistic: full size}) grown linearly over its
+    minutes: frame statistics scaled toward their factor, following moved toward its value."""
+    minutes = [dict(m) for m in report["per_minute"]]
+    for i, minute in enumerate(minutes):
+        share = i / (len(minutes) - 1)
+        for name, size in collapse.items():
+            if isinstance(BOUNDS[name], tuple):
+                minute[name] *= 1 + (size - 1) * share
+            else:
+                minute[name] += (size - minute[name]) * share
+    return {**report, "per_minute": minutes}
+
+
+def detected(reports: list[dict], collapse: dict, bounds: dict) -> dict:
+    """The fractions of `reports` that `bounds` and the report's own bounds fail once `collapse`
+    is put into them."""
+    hit = [collapsed(r, collapse) for r in reports]
+    return {"calibrated": round(float(np.mean([not within(r, bounds) for r in hit])), 3),
+            "report": round(float(np.mean([not score_minutes(r["per_minute"])["all_within_bounds"] for r in hit])), 3)}
+
+
 def relative(value: float, truth: float, bound) -> float:
     """A statistic against the world's: log ratio for a ratio bound, difference otherwise."""
     return float(np.log(value / truth)) if isinstance(bound, tuple) else value - truth
@@ -198,6 +229,8 @@ def main() -> None:
             misses = [f"seed {r['seed']} ({dirs[k]})" for k, r in runs if not within(r, bounds)]
             result["students"][name]["calibrated_pass_rate"] = {"seed_draws": len(runs),
                                                                 "passed": len(runs) - len(misses), "misses": misses}
+            result["students"][name]["collapse_detection"] = {
+                kind: detected([r for _, r in runs], collapse, bounds) for kind, collapse in COLLAPSES.items()}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, s in result["students"].items():
         print(f"{name}: {s['draws']} draws of seeds {s['seeds'][0]}-{s['seeds'][-1]}; within every bound per draw "
@@ -218,7 +251,9 @@ def main() -> None:
         print(f"bounds calibrated by {args.calibrate}: {shown}")
         for name, s in result["students"].items():
             rate = s["calibrated_pass_rate"]
-            print(f"  {name}: {rate['passed']} of {rate['seed_draws']} seed-draws within them")
+            print(f"  {name}: {rate['passed']} of {rate['seed_draws']} seed-draws within them; a collapse fails "
+                  + ", ".join(f"{kind} {d['calibrated']} ({d['report']} with the report's bounds)"
+                              for kind, d in s["collapse_detection"].items()) + " of them")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,14 @@ def test_calibrated_bounds_reach_as_far_as_the_calibrating_minutes_move_and_no_f
     assert bounds["forward_direction_accuracy"] == pytest.approx(-0.2) and bounds["yaw_direction_accuracy"] == -0.1
     assert noise_draws.within(steady, bounds) and noise_draws.within(brighter, bounds)
     assert not noise_draws.within(report(2, [0.4] * 9 + [0.6]), bounds)                # 1.5x: beyond them
+
+
+def test_a_collapse_grows_to_its_full_size_at_the_last_minute_and_the_bounds_catch_it():
+    steady = report(0, [0.4] * 10)
+    faded = noise_draws.collapsed(steady, {"contrast": 0.5, "forward_direction_accuracy": 0.5})
+    assert [m["contrast"] for m in faded["per_minute"]][::9] == [0.12, pytest.approx(0.06)]
+    assert faded["per_minute"][9]["forward_direction_accuracy"] == pytest.approx(0.5)
+    assert steady["per_minute"][9]["contrast"] == 0.12                                   # the report is kept
+    bounds = noise_draws.calibrated_bounds([steady])
+    assert noise_draws.detected([steady], {"mean_intensity": 1.0}, bounds) == {"calibrated": 0.0, "report": 0.0}
+    assert noise_draws.detected([steady], {"contrast": 0.5}, bounds) == {"calibrated": 1.0, "report": 1.0}
