@@ -2,8 +2,8 @@
 --noise-draw`): which misses come with a seed's keys and which with the stream's noise, how
 much of a minute's statistics is noise, and whether the students' minutes are stationary.
 
-Each argument is name=dir, dir holding one report per seed (s<seed>.json); a name given several
-dirs has one noise draw per dir, on the same seeds.
+Each argument is name=dir, dir holding one report per seed (s<seed>.json or <prefix>_s<seed>.json);
+a name given several dirs has one noise draw per dir, on the same seeds.
 
     python benchmarks/world/noise_draws.py --out benchmarks/results/distill/twelfth_run/noise_draws.json \
         --calibrate perfect perfect=benchmarks/results/distill/twelfth_run/map8_as_student \
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ import numpy as np
 from lingbot_rt.world.long_rollout import BOUNDS, score_minutes
 
 SHUFFLES = 200
+REPORT_NAME = re.compile(r"(?:^|_)s(\d+)\.json$")          # s30.json, rollout_clt_s30.json
 # full size at the last minute: factors of frame statistics, following accuracy to reach
 COLLAPSES = {"fade to grey": {"contrast": 0.5, "sharpness": 0.5},
              "saturation": {"mean_intensity": 1.5, "contrast": 1.5},
@@ -69,11 +71,13 @@ def load_draws(dirs: list[str]) -> tuple[list[int], list[list[dict]]]:
     seeds = None
     draws = []
     for d in dirs:
-        paths = sorted(Path(d).glob("s*.json"), key=lambda p: int(p.stem[1:]))
-        reports = [json.loads(p.read_text()) for p in paths]
-        for path, report in zip(paths, reports):
-            if report["seed"] != int(path.stem[1:]) or not report["complete"]:
-                raise ValueError(f"{path}: not the complete report of seed {path.stem[1:]}")
+        named = sorted((int(m.group(1)), p) for p in Path(d).glob("*.json") if (m := REPORT_NAME.search(p.name)))
+        reports = [json.loads(p.read_text()) for _, p in named]
+        for (seed, path), report in zip(named, reports):
+            # reports written before "complete" existed were written once, at the end
+            complete = report["complete"] if "complete" in report else len(report["per_minute"]) == report["minutes"]
+            if report["seed"] != seed or not complete:
+                raise ValueError(f"{path}: not the complete report of seed {seed}")
             report.update(score_minutes(report["per_minute"]))
         these = [r["seed"] for r in reports]
         if seeds is not None and these != seeds:

@@ -73,3 +73,17 @@ def test_a_collapse_grows_to_its_full_size_at_the_last_minute_and_the_bounds_cat
     bounds = noise_draws.calibrated_bounds([steady])
     assert noise_draws.detected([steady], {"mean_intensity": 1.0}, bounds) == {"calibrated": 0.0, "report": 0.0}
     assert noise_draws.detected([steady], {"contrast": 0.5}, bounds) == {"calibrated": 1.0, "report": 1.0}
+
+
+def test_reports_named_with_a_prefix_and_written_before_complete_existed_are_read(tmp_path):
+    old = report(7, [0.4] * 10)
+    del old["complete"]
+    old["minutes"] = 10
+    (tmp_path / "rollout_clt_s7.json").write_text(json.dumps(old))
+    (tmp_path / "drift.json").write_text("{}")                                        # not a report
+    seeds, (reports,) = noise_draws.load_draws([str(tmp_path)])
+    assert seeds == [7] and reports[0]["all_within_bounds"]
+    old["minutes"] = 11                                                               # a stopped run
+    (tmp_path / "rollout_clt_s7.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="not the complete report of seed 7"):
+        noise_draws.load_draws([str(tmp_path)])
