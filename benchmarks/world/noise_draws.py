@@ -98,23 +98,20 @@ def shuffled_pass_rate(reports: list[dict], rng: np.random.Generator) -> float:
     return passed / (SHUFFLES * len(reports))
 
 
-def within_session_envelope(report: dict) -> bool:
-    """Every minute within `BOUNDS` of minute one, each bound widened by the furthest the world
-    moves from its own minute one in any minute of the session."""
+def session_envelope(report: dict) -> dict:
+    """`BOUNDS` widened by the furthest the world moves from its own minute one in any minute of
+    the report's session."""
     minutes = report["per_minute"]
-    first, truth_first = minutes[0], minutes[0]["ground_truth"]
+    truth_first = minutes[0]["ground_truth"]
+    bounds = {}
     for name, bound in BOUNDS.items():
         moves = [m["ground_truth"][name] for m in minutes]
-        for minute in minutes[1:]:
-            value = minute[name]
-            if isinstance(bound, tuple):
-                lo = bound[0] * min(1.0, min(moves) / truth_first[name])
-                hi = bound[1] * max(1.0, max(moves) / truth_first[name])
-                if not lo <= value / first[name] <= hi:
-                    return False
-            elif value < first[name] + bound + min(0.0, min(moves) - truth_first[name]):
-                return False
-    return True
+        if isinstance(bound, tuple):
+            bounds[name] = (bound[0] * min(1.0, min(moves) / truth_first[name]),
+                            bound[1] * max(1.0, max(moves) / truth_first[name]))
+        else:
+            bounds[name] = bound + min(0.0, min(moves) - truth_first[name])
+    return bounds
 
 
 def calibrated_bounds(reports: list[dict]) -> dict:
@@ -135,6 +132,8 @@ def within(report: dict, bounds: dict) -> bool:
     first = report["per_minute"][0]
     for minute in report["per_minute"]:
         for name, bound in bounds.items():
+            if minute[name] is None or first[name] is None:
+                continue
             if isinstance(bound, tuple):
                 if not bound[0] <= minute[name] / first[name] <= bound[1]:
                     return False
@@ -171,6 +170,7 @@ def relative(value: float, truth: float, bound) -> float:
 
 
 def summarise(dirs: list[str]) -> dict:
+    """One student's reports, a dir per noise draw: the readings the module's docstring lists."""
     seeds, draws = load_draws(dirs)
     misses = {seed: [[f"{k}@{m['minute']}" for m in r["per_minute"] for k, ok in m["within_bounds"].items()
                       if ok is False] for r in (draw[i] for draw in draws)] for i, seed in enumerate(seeds)}
@@ -180,7 +180,7 @@ def summarise(dirs: list[str]) -> dict:
            "pass_per_draw": [sum(r["all_within_bounds"] for r in draw) for draw in draws],
            "pass_rate": {"seed_draws": len(passed), "rate": round(rate, 3), "all_of_20_seeds": round(rate ** 20, 3)},
            "seeds_missing_in_every_draw": [s for s, m in misses.items() if all(m)],
-           "session_envelope_pass_rate": round(float(np.mean([within_session_envelope(r) for draw in draws
+           "session_envelope_pass_rate": round(float(np.mean([within(r, session_envelope(r)) for draw in draws
                                                                for r in draw])), 3),
            "shuffled_pass_rate": round(shuffled_pass_rate([r for draw in draws for r in draw],
                                                            np.random.default_rng(0)), 3),

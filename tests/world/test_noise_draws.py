@@ -51,7 +51,7 @@ def test_the_session_envelope_widens_every_minute_by_the_furthest_the_world_move
         r = report(0, [0.4] * 8 + [0.4 * student, 0.4])
         r["per_minute"][4]["ground_truth"]["mean_intensity"] = 0.4 * 1.3
         assert score_minutes(r["per_minute"])["all_within_bounds"] is same_minute
-        assert noise_draws.within_session_envelope(r) is envelope
+        assert noise_draws.within(r, noise_draws.session_envelope(r)) is envelope
 
 
 def test_calibrated_bounds_reach_as_far_as_the_calibrating_minutes_move_and_no_further():
