@@ -22,8 +22,8 @@ stamp "long rollouts: $STUDENTS, seeds $SEEDS"
 for entry in $STUDENTS; do
     name=${entry%%=*}; IFS=: read -r student schedule <<< "${entry#*=}"
     timeout "$ROLL_LIMIT" $world long-rollout --student "$student" ${schedule:+--schedule "$schedule"} \
-        --probe "$PROBE" --minutes "$MINUTES" --seeds "$SEEDS" --noise-draw "$NOISE_DRAW" --device "$DEVICE" --out "$ROOT/rollout_$name" \
-        > "$ROOT/rollout_$name.log" 2>&1 &
+        --probe "$PROBE" --minutes "$MINUTES" --seeds "$SEEDS" --noise-draw "$NOISE_DRAW" --device "$DEVICE" \
+        --out "$ROOT/rollout_$name" > "$ROOT/rollout_$name.log" 2>&1 &
 done
 wait || true
 for entry in $STUDENTS; do

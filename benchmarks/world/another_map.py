@@ -55,7 +55,8 @@ def seed_report(seed: int, *, probe_path: str, minutes: int, map_seed: int, othe
     torch.set_num_threads(1)
     probe = load_probe(probe_path)
     num_frames = minutes * 60 * FPS + 1
-    keys, _ = play(generate_map(map_seed), spawn_pose(generate_map(map_seed), 0), num_frames, seed)
+    played = generate_map(map_seed)
+    keys, _ = play(played, spawn_pose(played, 0), num_frames, seed)
     other = generate_map(other_map_seed)
     poses = replay(other, keys)
     renderer, intrinsics = Renderer(other), other.config.intrinsics(SIZE, SIZE)

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lingbot_rt.world.long_rollout import BOUNDS, score_minutes
+from lingbot_rt.world.long_rollout import BOUNDS, score_minutes, within_bounds
 
 SHUFFLES = 200
 REPORT_NAME = re.compile(r"(?:^|_)s(\d+)\.json$")          # s30.json, rollout_clt_s30.json
@@ -130,16 +130,8 @@ def calibrated_bounds(reports: list[dict]) -> dict:
 def within(report: dict, bounds: dict) -> bool:
     """Every minute within `bounds` (shaped as `BOUNDS`) of minute one, no widening."""
     first = report["per_minute"][0]
-    for minute in report["per_minute"]:
-        for name, bound in bounds.items():
-            if minute[name] is None or first[name] is None:
-                continue
-            if isinstance(bound, tuple):
-                if not bound[0] <= minute[name] / first[name] <= bound[1]:
-                    return False
-            elif minute[name] < first[name] + bound:
-                return False
-    return True
+    return all(ok is not False for minute in report["per_minute"]
+               for ok in within_bounds(minute, first, bounds=bounds).values())
 
 
 def collapsed(report: dict, collapse: dict) -> dict:
@@ -169,9 +161,9 @@ def relative(value: float, truth: float, bound) -> float:
     return float(np.log(value / truth)) if isinstance(bound, tuple) else value - truth
 
 
-def summarise(dirs: list[str]) -> dict:
-    """One student's reports, a dir per noise draw: the readings the module's docstring lists."""
-    seeds, draws = load_draws(dirs)
+def summarise(dirs: list[str], seeds: list[int], draws: list[list[dict]]) -> dict:
+    """One student's reports (`load_draws` of `dirs`, a dir per noise draw): the readings the
+    module's docstring lists."""
     misses = {seed: [[f"{k}@{m['minute']}" for m in r["per_minute"] for k, ok in m["within_bounds"].items()
                       if ok is False] for r in (draw[i] for draw in draws)] for i, seed in enumerate(seeds)}
     passed = [r["all_within_bounds"] for draw in draws for r in draw]
@@ -224,12 +216,14 @@ def main() -> None:
         groups.setdefault(name, []).append(d)
     if args.calibrate is not None and args.calibrate not in groups:
         raise SystemExit(f"noise_draws.py: --calibrate {args.calibrate!r} names no group")
-    result = {"command": " ".join(sys.argv), "students": {name: summarise(dirs) for name, dirs in groups.items()}}
+    loaded = {name: load_draws(dirs) for name, dirs in groups.items()}
+    result = {"command": " ".join(sys.argv),
+              "students": {name: summarise(dirs, *loaded[name]) for name, dirs in groups.items()}}
     if args.calibrate is not None:
-        bounds = calibrated_bounds([r for d in groups[args.calibrate] for r in load_draws([d])[1][0]])
+        bounds = calibrated_bounds([r for draw in loaded[args.calibrate][1] for r in draw])
         result["calibrated_bounds"] = {"by": args.calibrate, "bounds": bounds}
         for name, dirs in groups.items():
-            runs = [(k, r) for k, d in enumerate(dirs) for r in load_draws([d])[1][0]]
+            runs = [(k, r) for k, draw in enumerate(loaded[name][1]) for r in draw]
             misses = [f"seed {r['seed']} ({dirs[k]})" for k, r in runs if not within(r, bounds)]
             result["students"][name]["calibrated_pass_rate"] = {"seed_draws": len(runs),
                                                                 "passed": len(runs) - len(misses), "misses": misses}

@@ -94,12 +94,13 @@ def drift(per_minute: list[dict]) -> dict:
     return out
 
 
-def within_bounds(minute: dict, first: dict, truth: dict | None = None, truth_first: dict | None = None) -> dict:
-    """Which of `BOUNDS` a minute's statistics keep against minute one's: True / False, None
-    where a statistic is missing. Given the ground truth's same minute and minute one, each
-    bound is widened by as far as the truth moved (the module's docstring)."""
+def within_bounds(minute: dict, first: dict, truth: dict | None = None, truth_first: dict | None = None, *,
+                  bounds: dict = BOUNDS) -> dict:
+    """Which of `bounds` (shaped as `BOUNDS`) a minute's statistics keep against minute one's:
+    True / False, None where a statistic is missing. Given the ground truth's same minute and
+    minute one, each bound is widened by as far as the truth moved (the module's docstring)."""
     checks = {}
-    for name, bound in BOUNDS.items():
+    for name, bound in bounds.items():
         value, reference = minute.get(name), first.get(name)
         known = truth is not None and truth.get(name) is not None and truth_first.get(name) is not None
         if value is None or reference is None:

@@ -34,12 +34,13 @@ def test_summary_counts_passes_per_draw_and_refuses_draws_of_other_seeds(tmp_pat
         for seed in seeds:
             steady = [0.4] * 10 if (draw, seed) != ("b", 4) else [0.4] * 9 + [0.8]
             (tmp_path / draw / f"s{seed}.json").write_text(json.dumps(report(seed, steady)))
-    summary = noise_draws.summarise([str(tmp_path / "a"), str(tmp_path / "b")])
+    dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    summary = noise_draws.summarise(dirs, *noise_draws.load_draws(dirs))
     assert summary["pass_per_draw"] == [2, 1] and summary["pass_rate"]["rate"] == 0.75
     assert summary["misses"][4] == [[], ["mean_intensity@10"]] and summary["seeds_missing_in_every_draw"] == []
     assert summary["per_minute_mean"]["mean_intensity"][-1] == pytest.approx(np.exp(np.log(2) / 4), abs=1e-4)
     with pytest.raises(ValueError, match="holds seeds \\[3, 5\\], the first dir \\[3, 4\\]"):
-        noise_draws.summarise([str(tmp_path / "a"), str(tmp_path / "c")])
+        noise_draws.load_draws([str(tmp_path / "a"), str(tmp_path / "c")])
 
 
 def test_the_session_envelope_widens_every_minute_by_the_furthest_the_world_moves():
