@@ -9,12 +9,13 @@
 # clips of LONG latent frames: TRAIN_FRAMES=$((4 * LONG + 1))), START the student they start
 # from, ROLL=0 skips the rollouts (then `long_rollouts.sh` in a call of its own), EVAL=0 the
 # held-out evaluations; FULL (and POOL, default "2, 2") trains and evaluates with a compressed
-# memory (`StudentSchedule.full_frames`, `memory_pool`). ACTIONS="name=weight[:balanced[:decoded]] ..."
-# adds `lt` runs with the action loss at that weight (`action_loss.py`; `balanced` weighs walking
-# forward, walking back and neither alike, `-` does not; `decoded` reads the samples decoded by the
-# stream's tiny decoder with a pixel probe), first training the latent motion probe on the
-# training clips (latent_probe.safetensors, its held-out accuracy in latent_probe.log) or the
-# pixel probe on their latents decoded (decoded_probe.safetensors, decoded_probe.log).
+# memory (`StudentSchedule.full_frames`, `memory_pool`); DMD_BATCH is the batch (default 48).
+# ACTIONS="name=weight[:balanced[:decoded]] ..." adds `lt` runs with the action loss at that
+# weight (`action_loss.py`; `balanced` weighs walking forward, walking back and neither alike, `-`
+# does not; `decoded` reads the samples decoded by the stream's tiny decoder with a pixel probe),
+# first training the latent motion probe on the training clips (latent_probe.safetensors, its
+# held-out accuracy in latent_probe.log) or the pixel probe on their latents decoded
+# (decoded_probe.safetensors, decoded_probe.log).
 #   OUT=$OUT bash benchmarks/distill/long_horizon_h100.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -48,7 +49,8 @@ runs=""; students=""
 for name in $NAMES; do
     runs+=" $name=$START:5e-5:1.5:${config[$name]}"; students+=" $name=$ROOT/export_$name/student"
 done
-ROOT=$ROOT CLIPS=${CLIPS:-512} HELDOUT=32 SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=48 RUNS="$runs" bash benchmarks/distill/dmd_segments.sh
+ROOT=$ROOT CLIPS=${CLIPS:-512} HELDOUT=32 SEGMENTS=1 SEG_MIN=$SEG_MIN DMD_BATCH=${DMD_BATCH:-48} RUNS="$runs" \
+    bash benchmarks/distill/dmd_segments.sh
 for name in $NAMES; do
     $world export --student "$ROOT/dmd_$name/student" --out "$ROOT/export_$name" > /dev/null
     tar -C "$ROOT/export_$name" -cf "$OUT/student_$name.tar" student
