@@ -3,7 +3,9 @@ direction accuracy per `--segment` seconds of a scripted session (`long_rollout`
 batched), on the student's frames, on the world's true frames at the same poses, and on those
 true frames passed through the world VAE (encoded, then decoded by the decoder the stream
 uses): what the student's decoder allows. A student whose following falls below the
-VAE-passed truth lost it in the DiT, not in the decoder.
+VAE-passed truth lost it in the DiT, not in the decoder. Each segment also gives how far the
+frames move the way the keys walk (`forward_along`) and the fraction of moving steps whose
+frames stand still (`stalled`): a step can be missed by moving the wrong way or by not moving.
 
     python benchmarks/world/following_over_time.py --student lingbot_rt/world/weights/student \
         --seeds 0-3 --seconds 120 --out runs/following_over_time.json
@@ -19,15 +21,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lingbot_rt.world.evaluate import FPS, action_following
+from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, action_following
 from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute, stream_blocks, through_vae
 from lingbot_rt.world.map import generate_map, spawn_pose
-from lingbot_rt.world.pose_probe import load_probe
+from lingbot_rt.world.pose_probe import GAP, load_probe, relative_motion
 from lingbot_rt.world.renderer import Renderer
 from lingbot_rt.distillation.config import student_schedule
 from lingbot_rt.world.stream import world_stream_config, world_streaming
 
 SOURCES = ("student", "truth", "truth_through_vae")
+STALL = 0.03    # a moving step reads as standing still below this forward motion (a third of what
+                # the probe reads on the true frames through the VAE, walking forward: ~0.09)
 
 
 @torch.no_grad()
@@ -41,15 +45,30 @@ def stream_frames(pipeline, players: list[ScriptedSession]) -> dict[int, np.ndar
     return {seed: np.concatenate(f) for seed, f in frames.items()}
 
 
+def forward_along(probe, frames: torch.Tensor, poses: torch.Tensor) -> dict:
+    """How far the frames move the way the keys walk: over the steps that move (as
+    `direction_accuracy` counts them), the mean forward motion the probe reads, signed so that
+    the commanded direction is positive, and the fraction of those steps it reads as standing
+    still (|forward| < STALL). None where no step moves."""
+    estimated = probe.motion(frames)[:, 1].double().cpu()
+    commanded = relative_motion(poses[:-GAP].double(), poses[GAP:].double())[:, 1].cpu()
+    moving = commanded.abs() > FORWARD_MOVING
+    if not moving.any():
+        return {"forward_along": None, "stalled": None}
+    along = estimated[moving] * commanded[moving].sign()
+    return {"forward_along": round(along.mean().item(), 4),
+            "stalled": round((estimated[moving].abs() < STALL).double().mean().item(), 4)}
+
+
 def segment_following(probe, frames: np.ndarray, poses: np.ndarray, segment: int) -> list[dict]:
     device = next(probe.parameters()).device
     rows = []
     for start in range(0, len(frames) - segment + 1, segment):
-        cut = slice(start, start + segment)
-        a = action_following(probe, torch.from_numpy(frames[cut])[None].to(device),
-                             torch.from_numpy(poses[cut])[None].to(device))
+        clip, path = (torch.from_numpy(x[start:start + segment]).to(device) for x in (frames, poses))
+        a = action_following(probe, clip[None], path[None])
         rows.append({"second": start // FPS, "yaw": a["yaw_direction_accuracy"],
-                     "forward": a["forward_direction_accuracy"], "moving_steps": a["moving_steps"]})
+                     "forward": a["forward_direction_accuracy"], "moving_steps": a["moving_steps"],
+                     **forward_along(probe, clip, path)})
     return rows
 
 
@@ -99,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         sources = {"student": generated[player.seed], "truth": truth, "truth_through_vae": through_vae(pipeline, truth)}
         per_seed[player.seed] = {name: segment_following(probe, frames[:num_frames - 1], poses[:num_frames - 1], segment)
                                  for name, frames in sources.items()}
-    summary = {name: {"forward": mean_of([r for s in per_seed.values() for r in s[name]], "forward"),
-                      "yaw": mean_of([r for s in per_seed.values() for r in s[name]], "yaw")} for name in SOURCES}
+    summary = {name: {key: mean_of([r for s in per_seed.values() for r in s[name]], key)
+                      for key in ("forward", "yaw", "forward_along", "stalled")} for name in SOURCES}
     by_segment = [{"second": i * args.segment,
                    **{name: mean_of([s[name][i] for s in per_seed.values()], "forward") for name in SOURCES}}
                   for i in range(args.seconds // args.segment)]
@@ -113,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in by_segment:
         print(f"{row['second']:6d}  " + "  ".join(f"{row[name]:.3f}" if row[name] is not None else "  -  "
                                                   for name in SOURCES))
-    print("mean forward / yaw: " + ", ".join(f"{n} {summary[n]['forward']} / {summary[n]['yaw']}" for n in SOURCES))
+    print("mean forward / yaw / forward along the keys / stalled: "
+          + ", ".join(f"{n} {' / '.join(str(v) for v in summary[n].values())}" for n in SOURCES))
     return 0
 
 

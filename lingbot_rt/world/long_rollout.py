@@ -150,12 +150,20 @@ def render_minute(renderer: Renderer, intrinsics: np.ndarray, poses: np.ndarray,
 
 
 @torch.no_grad()
-def through_vae(pipeline: StreamingInference, frames: np.ndarray) -> np.ndarray:
+def through_vae(pipeline: StreamingInference, frames: np.ndarray, chunk: int = 64) -> np.ndarray:
     """uint8 [T, H, W, 3] (T = 4n+1) encoded by the pipeline's VAE and decoded as its stream
-    decodes (its tiny decoder where it has one): what the decoder allows a student to show."""
-    video = torch.from_numpy(frames).to(pipeline.device).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
-    decoder = (pipeline.decoder or pipeline.vae).stream_decoder()
-    return video_to_uint8(decoder.decode(pipeline.vae.encode(video))[0]).cpu().numpy()
+    decodes (its tiny decoder where it has one): what the decoder allows a student to show.
+    Streamed `chunk` latent frames at a time: the frames of one pass over the clip (the VAE's
+    streams are exact, to float rounding) in bounded memory, so minutes of video fit."""
+    if len(frames) % 4 != 1:
+        raise ValueError(f"video has {len(frames)} frames; the VAE encodes 4n+1 frames")
+    encoder, decoder = pipeline.vae.stream_encoder(), (pipeline.decoder or pipeline.vae).stream_decoder()
+    cuts = [0, *range(1 + 4 * chunk, len(frames), 4 * chunk), len(frames)]
+    passed = []
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        video = torch.from_numpy(frames[start:stop]).to(pipeline.device).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+        passed.append(video_to_uint8(decoder.decode(encoder.encode(video))[0]).cpu().numpy())
+    return np.concatenate(passed)
 
 
 @torch.no_grad()

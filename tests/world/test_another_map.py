@@ -1,10 +1,12 @@
 """`benchmarks/world/another_map.py`: a seed's keys replayed in their map give its walk, and in
 another map the same turns and looks from that map's start view; its report scores the other
-map's frames against the played map's truth."""
+map's frames against the played map's truth; the played map itself only through the VAE."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.players import play
@@ -37,3 +39,13 @@ def test_a_report_scores_the_other_map_against_the_truth_of_the_played_one(tmp_p
     assert report["complete"] and report["streamed_map_seed"] == 8 and report["all_within_bounds"]
     assert minute["mean_intensity"] != minute["ground_truth"]["mean_intensity"]
     assert minute["ground_truth"]["moving_steps"] > 0
+
+
+def test_the_same_map_is_refused_unless_it_streams_through_the_vae(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["another_map.py", "--probe", str(tmp_path / "none.safetensors"),
+                                     "--other-map-seed", "7", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--other-map-seed must differ from --map-seed \\(or pass --through-vae\\)"):
+        another_map.main()
+    monkeypatch.setattr("sys.argv", [*sys.argv, "--through-vae"])
+    with pytest.raises(SystemExit, match="no pose probe at"):
+        another_map.main()

@@ -198,7 +198,8 @@ def test_cli_long_rollout_refuses_bad_seeds_and_a_missing_probe(tmp_path, capsys
 
 def test_the_truth_through_the_vae_is_the_truth_as_the_stream_decodes_it():
     """`through_vae`: 9 true frames out as 9 frames of the same size, close to those frames and
-    further from another view's; a clip that is not 4n+1 frames is refused by the VAE."""
+    further from another view's; a clip that is not 4n+1 frames is refused; streamed in chunks of
+    3 latent frames, 41 frames come out as in one pass (to float rounding)."""
     from lingbot_rt.distillation.config import student_schedule
     from lingbot_rt.world.shipped import shipped_student_dir
     from lingbot_rt.world.stream import world_streaming
@@ -213,3 +214,6 @@ def test_the_truth_through_the_vae_is_the_truth_as_the_stream_decodes_it():
     assert error(passed, truth) < 0.5 * error(other, truth)
     with pytest.raises(ValueError, match="video has 8 frames; the VAE encodes 4n\\+1 frames"):
         through_vae(pipeline, truth[:8])
+    longer = render_minute(renderer, intrinsics, poses[:41], pipeline.height, pipeline.width)
+    chunked, whole = (through_vae(pipeline, longer, chunk=c).astype(int) for c in (3, 64))
+    assert chunked.shape == whole.shape and np.abs(chunked - whole).max() <= 1 and (chunked != whole).mean() < 1e-4
