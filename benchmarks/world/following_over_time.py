@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, action_following
+from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, direction_accuracy
 from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute, stream_blocks, through_vae
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.pose_probe import GAP, load_probe, relative_motion
@@ -45,19 +45,17 @@ def stream_frames(pipeline, players: list[ScriptedSession]) -> dict[int, np.ndar
     return {seed: np.concatenate(f) for seed, f in frames.items()}
 
 
-def forward_along(probe, frames: torch.Tensor, poses: torch.Tensor) -> dict:
-    """How far the frames move the way the keys walk: over the steps that move (as
-    `direction_accuracy` counts them), the mean forward motion the probe reads, signed so that
-    the commanded direction is positive, and the fraction of those steps it reads as standing
-    still (|forward| < STALL). None where no step moves."""
-    estimated = probe.motion(frames)[:, 1].double().cpu()
-    commanded = relative_motion(poses[:-GAP].double(), poses[GAP:].double())[:, 1].cpu()
-    moving = commanded.abs() > FORWARD_MOVING
+def forward_along(estimated: torch.Tensor, commanded: torch.Tensor) -> dict:
+    """How far the frames move the way the keys walk, from motions [N, 4] (the probe's and the
+    commanded): over the steps that move (as `direction_accuracy` counts them), the mean forward
+    motion read, signed so that the commanded direction is positive, and the fraction of those
+    steps read as standing still (|forward| < STALL). None where no step moves."""
+    moving = commanded[:, 1].abs() > FORWARD_MOVING
     if not moving.any():
         return {"forward_along": None, "stalled": None}
-    along = estimated[moving] * commanded[moving].sign()
-    return {"forward_along": round(along.mean().item(), 4),
-            "stalled": round((estimated[moving].abs() < STALL).double().mean().item(), 4)}
+    read = estimated[moving, 1]
+    return {"forward_along": round((read * commanded[moving, 1].sign()).mean().item(), 4),
+            "stalled": round((read.abs() < STALL).double().mean().item(), 4)}
 
 
 def segment_following(probe, frames: np.ndarray, poses: np.ndarray, segment: int) -> list[dict]:
@@ -65,10 +63,12 @@ def segment_following(probe, frames: np.ndarray, poses: np.ndarray, segment: int
     rows = []
     for start in range(0, len(frames) - segment + 1, segment):
         clip, path = (torch.from_numpy(x[start:start + segment]).to(device) for x in (frames, poses))
-        a = action_following(probe, clip[None], path[None])
+        estimated = probe.motion(clip).double().cpu()
+        commanded = relative_motion(path[:-GAP].double(), path[GAP:].double()).cpu()
+        a = direction_accuracy(estimated, commanded)
         rows.append({"second": start // FPS, "yaw": a["yaw_direction_accuracy"],
                      "forward": a["forward_direction_accuracy"], "moving_steps": a["moving_steps"],
-                     **forward_along(probe, clip, path)})
+                     **forward_along(estimated, commanded)})
     return rows
 
 
