@@ -400,7 +400,7 @@ class Decoder3d(nn.Module):
 
 # --- the VAE -----------------------------------------------------------------------------
 
-def _check_video(video: torch.Tensor) -> None:
+def check_video(video: torch.Tensor) -> None:
     if video.ndim != 5 or video.shape[1] != 3:
         raise ValueError(f"video must be [B, 3, F, H, W], got shape {list(video.shape)}")
     num_frames, height, width = video.shape[2:]
@@ -460,7 +460,7 @@ class WanVAE(nn.Module):
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """video [B, 3, F, H, W] in [-1, 1], F = 4n+1 -> latents [B, z_dim, n+1, H/8, W/8], float32."""
-        _check_video(video)
+        check_video(video)
         return self.stream_encoder().encode(video)
 
     def detach_(self) -> None:

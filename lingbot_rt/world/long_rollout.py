@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from ..model.vae import video_to_uint8
+from ..model.vae import check_video, video_to_uint8
 from ..pipeline.actions import ScriptedActions
 from ..pipeline.streaming import StreamingInference
 from .evaluate import FPS, action_following
@@ -155,8 +155,7 @@ def through_vae(pipeline: StreamingInference, frames: np.ndarray, chunk: int = 6
     decodes (its tiny decoder where it has one): what the decoder allows a student to show.
     Streamed `chunk` latent frames at a time: the frames of one pass over the clip (the VAE's
     streams are exact, to float rounding) in bounded memory, so minutes of video fit."""
-    if len(frames) % 4 != 1:
-        raise ValueError(f"video has {len(frames)} frames; the VAE encodes 4n+1 frames")
+    check_video(torch.from_numpy(frames).permute(3, 0, 1, 2)[None])     # a view: 4n+1 frames, sizes
     encoder, decoder = pipeline.vae.stream_encoder(), (pipeline.decoder or pipeline.vae).stream_decoder()
     cuts = [0, *range(1 + 4 * chunk, len(frames), 4 * chunk), len(frames)]
     passed = []
