@@ -41,7 +41,10 @@ Per student:
 * `shuffled_pass_rate`: the pass rate when each seed-draw's minutes (each with the world's at
   its poses) are put in a random order, `SHUFFLES` orders each. Shuffling removes any trend
   over the 10 minutes and keeps how much the minutes scatter: it is the rate at which the
-  bounds pass a student whose minutes scatter as these do and that does not drift at all.
+  bounds pass a student whose minutes scatter as these do and that does not drift at all;
+* `following`: the mean over seed-draw minutes of each direction accuracy, the student's and the
+  world's at the same poses (None where no report has it), and `worst_forward_drop`, the
+  furthest a minute's forward accuracy falls below its seed-draw's minute one.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ import numpy as np
 from lingbot_rt.world.long_rollout import BOUNDS, score_minutes, within_bounds
 
 SHUFFLES = 200
+FOLLOWING = ("yaw_direction_accuracy", "forward_direction_accuracy", "backward_direction_accuracy")
 REPORT_NAME = re.compile(r"(?:^|_)s(\d+)\.json$")          # s30.json, rollout_clt_s30.json
 # full size at the last minute: factors of frame statistics, following accuracy to reach
 COLLAPSES = {"fade to grey": {"contrast": 0.5, "sharpness": 0.5},
@@ -161,6 +165,22 @@ def relative(value: float, truth: float, bound) -> float:
     return float(np.log(value / truth)) if isinstance(bound, tuple) else value - truth
 
 
+def following(reports: list[dict]) -> dict:
+    """The reports' direction accuracies averaged over their minutes, the student's and the
+    world's (None where no minute has one), and the worst forward drop from minute one."""
+    minutes = [m for r in reports for m in r["per_minute"]]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return round(float(np.mean(values)), 4) if values else None
+    out = {name: {"student": mean(m.get(name) for m in minutes),
+                  "world": mean(m["ground_truth"].get(name) for m in minutes)} for name in FOLLOWING}
+    forward = "forward_direction_accuracy"
+    out["worst_forward_drop"] = round(min(m[forward] - r["per_minute"][0][forward]
+                                          for r in reports for m in r["per_minute"][1:]), 4)
+    return out
+
+
 def summarise(dirs: list[str], seeds: list[int], draws: list[list[dict]]) -> dict:
     """One student's reports (`load_draws` of `dirs`, a dir per noise draw): the readings the
     module's docstring lists."""
@@ -176,6 +196,7 @@ def summarise(dirs: list[str], seeds: list[int], draws: list[list[dict]]) -> dic
                                                                for r in draw])), 3),
            "shuffled_pass_rate": round(shuffled_pass_rate([r for draw in draws for r in draw],
                                                            np.random.default_rng(0)), 3),
+           "following": following([r for draw in draws for r in draw]),
            "misses": misses, "noise_sd": {}, "minute_to_minute_sd": {}, "scatter": {}, "per_minute_mean": {}}
     for name, bound in BOUNDS.items():
         # [draw, seed, minute]: the student's statistic, and relative to the world at the same poses
@@ -236,6 +257,9 @@ def main() -> None:
               f"{s['pass_rate']['all_of_20_seeds']}); with the minutes shuffled {s['shuffled_pass_rate']}; "
               f"within the session envelope {s['session_envelope_pass_rate']}; "
               f"missing in every draw {s['seeds_missing_in_every_draw'] or '-'}")
+        print("  following (student / world): " + ", ".join(
+            f"{k.split('_')[0]} {v['student']} / {v['world']}" for k, v in s["following"].items() if isinstance(v, dict))
+            + f"; worst forward drop from minute one {s['following']['worst_forward_drop']}")
         for stat, sd in s["noise_sd"].items():
             print(f"  {stat}: noise sd {sd['minute']} (change from minute one {sd['change_from_minute_one']}, bound "
                   f"{sd['bound']}); minute-to-minute sd against the world {s['minute_to_minute_sd'][stat]}")

@@ -88,3 +88,17 @@ def test_reports_named_with_a_prefix_and_written_before_complete_existed_are_rea
     (tmp_path / "rollout_clt_s7.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="not the complete report of seed 7"):
         noise_draws.load_draws([str(tmp_path)])
+
+
+def test_following_averages_the_minutes_and_finds_the_worst_forward_drop():
+    """Backward accuracy only in some minutes (None elsewhere, and absent from older reports'
+    truth) is averaged where it exists; the drop is from each report's own minute one."""
+    a, b = report(0, [0.4] * 10), report(1, [0.4] * 10)
+    a["per_minute"][3]["forward_direction_accuracy"] = 0.85 - 0.3
+    for i, minute in enumerate(b["per_minute"]):
+        minute["backward_direction_accuracy"] = (0.5, None)[i % 2]
+    summary = noise_draws.following([a, b])
+    assert summary["forward_direction_accuracy"] == {"student": pytest.approx(0.85 - 0.3 / 20), "world": 0.85}
+    assert summary["backward_direction_accuracy"] == {"student": 0.5, "world": None}
+    assert summary["yaw_direction_accuracy"] == {"student": 0.98, "world": 0.98}
+    assert summary["worst_forward_drop"] == pytest.approx(-0.3)
