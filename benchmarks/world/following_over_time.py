@@ -6,6 +6,8 @@ uses): what the student's decoder allows. A student whose following falls below 
 VAE-passed truth lost it in the DiT, not in the decoder. Each segment also gives how far the
 frames move the way the keys walk (`forward_along`) and the fraction of moving steps whose
 frames stand still (`stalled`): a step can be missed by moving the wrong way or by not moving.
+With `--strip`, each seed's segment that the student follows worst is drawn as a PNG
+(`<strip>_s<seed>.png`): rows student, truth, truth through the VAE; a frame every second.
 
     python benchmarks/world/following_over_time.py --student lingbot_rt/world/weights/student \
         --seeds 0-3 --seconds 120 --out runs/following_over_time.json
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, direction_accuracy
@@ -72,6 +75,18 @@ def segment_following(probe, frames: np.ndarray, poses: np.ndarray, segment: int
     return rows
 
 
+def weakest_strip(rows: list[dict], sources: dict[str, np.ndarray], segment: int, every: int) -> tuple[int, np.ndarray]:
+    """The segment of `rows` (the student's `segment_following`) with the lowest forward
+    accuracy, and its frames every `every` frames: one row per source, uint8 [rows x H, n x W, 3]."""
+    scored = [(r["forward"], i) for i, r in enumerate(rows) if r["forward"] is not None]
+    if not scored:
+        raise ValueError("no segment moves: there is no weakest segment to draw")
+    start = min(scored)[1] * segment
+    picks = range(start, start + segment, every)
+    return rows[min(scored)[1]]["second"], np.concatenate(
+        [np.concatenate([frames[i] for i in picks], 1) for frames in sources.values()], 0)
+
+
 def mean_of(rows: list[dict], key: str) -> float:
     values = [r[key] for r in rows if r[key] is not None]
     return round(float(np.mean(values)), 4) if values else None
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--map-seed", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--strip", help="path prefix: draw each seed's worst-followed segment (<strip>_s<seed>.png)")
     args = ap.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     if args.seconds < args.segment or args.seconds % args.segment:
@@ -118,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         sources = {"student": generated[player.seed], "truth": truth, "truth_through_vae": through_vae(pipeline, truth)}
         per_seed[player.seed] = {name: segment_following(probe, frames[:num_frames - 1], poses[:num_frames - 1], segment)
                                  for name, frames in sources.items()}
+        if args.strip:
+            second, strip = weakest_strip(per_seed[player.seed]["student"], sources, segment, FPS)
+            Image.fromarray(strip).save(f"{args.strip}_s{player.seed}.png")
+            print(f"seed {player.seed}: the student's worst segment starts at {second} s ({args.strip}_s{player.seed}.png)")
     summary = {name: {key: mean_of([r for s in per_seed.values() for r in s[name]], key)
                       for key in ("forward", "yaw", "forward_along", "stalled")} for name in SOURCES}
     by_segment = [{"second": i * args.segment,

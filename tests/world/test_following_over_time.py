@@ -3,6 +3,7 @@ moving steps stand still, from the probe's motions against the commanded ones.""
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,3 +49,13 @@ def test_a_segment_with_no_moving_step_reads_none(walk):
     turning_only = commanded.clone()
     turning_only[:, 1] = 0
     assert following_over_time.forward_along(commanded, turning_only) == {"forward_along": None, "stalled": None}
+
+
+def test_the_strip_draws_the_worst_followed_segment_of_every_source():
+    rows = [{"second": 0, "forward": 0.9}, {"second": 2, "forward": 0.4}, {"second": 4, "forward": None}]
+    frames = np.arange(6 * 2 * 3 * 3, dtype=np.uint8).reshape(6, 2, 3, 3)            # 6 frames of 2x3
+    second, strip = following_over_time.weakest_strip(rows, {"a": frames, "b": 255 - frames}, 2, 1)
+    assert second == 2 and strip.shape == (2 * 2, 2 * 3, 3)
+    assert (strip[:2, :3] == frames[2]).all() and (strip[2:, 3:] == 255 - frames[3]).all()
+    with pytest.raises(ValueError, match="no segment moves"):
+        following_over_time.weakest_strip([{"second": 0, "forward": None}], {"a": frames}, 2, 1)
