@@ -81,9 +81,9 @@ def weakest_strip(rows: list[dict], sources: dict[str, np.ndarray], segment: int
     scored = [(r["forward"], i) for i, r in enumerate(rows) if r["forward"] is not None]
     if not scored:
         raise ValueError("no segment moves: there is no weakest segment to draw")
-    start = min(scored)[1] * segment
-    picks = range(start, start + segment, every)
-    return rows[min(scored)[1]]["second"], np.concatenate(
+    _, worst = min(scored)
+    picks = range(worst * segment, (worst + 1) * segment, every)
+    return rows[worst]["second"], np.concatenate(
         [np.concatenate([frames[i] for i in picks], 1) for frames in sources.values()], 0)
 
 
