@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, direction_accuracy
+from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, direction_accuracy, motions
 from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute, stream_blocks, through_vae
 from lingbot_rt.world.map import generate_map, spawn_pose
-from lingbot_rt.world.pose_probe import GAP, load_probe, relative_motion
+from lingbot_rt.world.pose_probe import load_probe
 from lingbot_rt.world.renderer import Renderer
 from lingbot_rt.distillation.config import student_schedule
 from lingbot_rt.world.stream import world_stream_config, world_streaming
@@ -65,9 +65,8 @@ def segment_following(probe, frames: np.ndarray, poses: np.ndarray, segment: int
     device = next(probe.parameters()).device
     rows = []
     for start in range(0, len(frames) - segment + 1, segment):
-        clip, path = (torch.from_numpy(x[start:start + segment]).to(device) for x in (frames, poses))
-        estimated = probe.motion(clip).double().cpu()
-        commanded = relative_motion(path[:-GAP].double(), path[GAP:].double()).cpu()
+        estimated, commanded = motions(probe, *(torch.from_numpy(x[start:start + segment])[None].to(device)
+                                                for x in (frames, poses)))
         a = direction_accuracy(estimated, commanded)
         rows.append({"second": start // FPS, "yaw": a["yaw_direction_accuracy"],
                      "forward": a["forward_direction_accuracy"], "moving_steps": a["moving_steps"],

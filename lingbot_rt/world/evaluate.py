@@ -61,10 +61,17 @@ def direction_accuracy(estimated: torch.Tensor, commanded: torch.Tensor) -> dict
             "moving_steps": int(moving.sum()), "backward_steps": int(back.sum())}
 
 
-def action_following(probe: PoseProbe, frames: torch.Tensor, poses: torch.Tensor) -> dict:
-    """frames uint8 [N, F, H, W, 3], poses [N, F, 4, 4] -> errors and direction accuracy."""
+def motions(probe: PoseProbe, frames: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """frames uint8 [N, F, H, W, 3], poses [N, F, 4, 4] -> the probe's motions and the commanded
+    ones between frames GAP apart, [N * (F - GAP), 4] each, float64 on the CPU."""
     estimated = torch.cat([probe.motion(clip) for clip in frames]).double().cpu()
     commanded = torch.cat([relative_motion(p[:-GAP].double(), p[GAP:].double()) for p in poses]).cpu()
+    return estimated, commanded
+
+
+def action_following(probe: PoseProbe, frames: torch.Tensor, poses: torch.Tensor) -> dict:
+    """frames uint8 [N, F, H, W, 3], poses [N, F, 4, 4] -> errors and direction accuracy."""
+    estimated, commanded = motions(probe, frames, poses)
     accuracy = direction_accuracy(estimated, commanded)
     return {
         "yaw_error_deg": round(math.degrees((estimated[:, 2] - commanded[:, 2]).abs().mean().item()), 3),

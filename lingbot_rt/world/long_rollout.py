@@ -57,6 +57,7 @@ from ..model.vae import check_video, video_to_uint8
 from ..pipeline.actions import ScriptedActions
 from ..pipeline.streaming import StreamingInference
 from .evaluate import FPS, action_following
+from .latents import video_tensor
 from .map import generate_map, spawn_pose
 from .players import play
 from .pose_probe import PoseProbe
@@ -160,7 +161,7 @@ def through_vae(pipeline: StreamingInference, frames: np.ndarray, chunk: int = 6
     cuts = [0, *range(1 + 4 * chunk, len(frames), 4 * chunk), len(frames)]
     passed = []
     for start, stop in zip(cuts[:-1], cuts[1:]):
-        video = torch.from_numpy(frames[start:stop]).to(pipeline.device).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+        video = video_tensor(torch.from_numpy(frames[start:stop])[None].to(pipeline.device))
         passed.append(video_to_uint8(decoder.decode(encoder.encode(video))[0]).cpu().numpy())
     return np.concatenate(passed)
 
