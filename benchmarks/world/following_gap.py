@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # benchmarks/world: noise_draws
-from noise_draws import load_draws  # noqa: E402
+from noise_draws import load_draws, parse_groups  # noqa: E402
 
 from lingbot_rt.world.evaluate import FPS  # noqa: E402
 from lingbot_rt.world.map import WorldMap, generate_map, spawn_pose  # noqa: E402
@@ -98,21 +98,16 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=4, help="read every N-th frame's view")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    groups: dict[str, list[str]] = {}
-    for group in args.groups:
-        name, sep, d = group.partition("=")
-        if not sep or not name or not Path(d).is_dir():
-            raise SystemExit(f"following_gap.py: {group!r} is not name=dir of reports")
-        groups.setdefault(name, []).append(d)
+    groups = parse_groups(args.groups, "following_gap.py")
     world = generate_map(args.map_seed)
     loaded = {name: [r for draw in load_draws(dirs)[1] for r in draw] for name, dirs in groups.items()}
     for reports in loaded.values():
         if any(r["map_seed"] != args.map_seed for r in reports):
             raise SystemExit(f"following_gap.py: a report played another map than --map-seed {args.map_seed}")
-    paths: dict[int, list[dict]] = {}
-    for seed, minutes in sorted({(r["seed"], r["minutes"]) for reports in loaded.values() for r in reports}):
-        if len(paths.get(seed, [])) < minutes:
-            paths[seed] = path_minutes(world, seed, minutes, args.near, args.every)
+    longest: dict[int, int] = {}
+    for r in (r for reports in loaded.values() for r in reports):
+        longest[r["seed"]] = max(longest.get(r["seed"], 0), r["minutes"])
+    paths = {seed: path_minutes(world, seed, minutes, args.near, args.every) for seed, minutes in longest.items()}
     result = {"command": " ".join(sys.argv), "near": args.near, "every": args.every,
               "students": {name: summarise(seed_minutes(reports, paths)) for name, reports in loaded.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,18 @@ def load_draws(dirs: list[str]) -> tuple[list[int], list[list[dict]]]:
     return seeds, draws
 
 
+def parse_groups(groups: list[str], script: str) -> dict[str, list[str]]:
+    """name=dir arguments as {name: [dir, ...]} in their order (a name given several dirs has a
+    noise draw per dir); exits naming the argument that is not name=dir of an existing dir."""
+    parsed: dict[str, list[str]] = {}
+    for group in groups:
+        name, sep, d = group.partition("=")
+        if not sep or not name or not Path(d).is_dir():
+            raise SystemExit(f"{script}: {group!r} is not name=dir of reports")
+        parsed.setdefault(name, []).append(d)
+    return parsed
+
+
 def shuffled_pass_rate(reports: list[dict], rng: np.random.Generator) -> float:
     """The fraction of `SHUFFLES` random minute orders per report that keep every bound."""
     passed = 0
@@ -229,12 +241,7 @@ def main() -> None:
     ap.add_argument("--calibrate", help="a group (perfect world models) whose minutes set calibrated bounds")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    groups: dict[str, list[str]] = {}
-    for group in args.groups:
-        name, sep, d = group.partition("=")
-        if not sep or not name or not Path(d).is_dir():
-            raise SystemExit(f"noise_draws.py: {group!r} is not name=dir of reports")
-        groups.setdefault(name, []).append(d)
+    groups = parse_groups(args.groups, "noise_draws.py")
     if args.calibrate is not None and args.calibrate not in groups:
         raise SystemExit(f"noise_draws.py: --calibrate {args.calibrate!r} names no group")
     loaded = {name: load_draws(dirs) for name, dirs in groups.items()}

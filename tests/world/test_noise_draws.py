@@ -102,3 +102,14 @@ def test_following_averages_the_minutes_and_finds_the_worst_forward_drop():
     assert summary["backward_direction_accuracy"] == {"student": 0.5, "world": None}
     assert summary["yaw_direction_accuracy"] == {"student": 0.98, "world": 0.98}
     assert summary["worst_forward_drop"] == pytest.approx(-0.3)
+
+
+def test_groups_keep_each_names_dirs_in_order_and_refuse_a_missing_dir(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    groups = noise_draws.parse_groups([f"clt={tmp_path / 'a'}", f"lb={tmp_path / 'b'}", f"clt={tmp_path / 'b'}"], "x.py")
+    assert groups == {"clt": [str(tmp_path / "a"), str(tmp_path / "b")], "lb": [str(tmp_path / "b")]}
+    with pytest.raises(SystemExit, match=r"x.py: 'lb=.*nowhere' is not name=dir"):
+        noise_draws.parse_groups([f"lb={tmp_path / 'nowhere'}"], "x.py")
+    with pytest.raises(SystemExit, match="is not name=dir"):
+        noise_draws.parse_groups([str(tmp_path / "a")], "x.py")
