@@ -6,8 +6,11 @@ uses): what the student's decoder allows. A student whose following falls below 
 VAE-passed truth lost it in the DiT, not in the decoder. Each segment also gives how far the
 frames move the way the keys walk (`forward_along`) and the fraction of moving steps whose
 frames stand still (`stalled`): a step can be missed by moving the wrong way or by not moving.
-With `--strip`, each seed's segment that the student follows worst is drawn as a PNG
-(`<strip>_s<seed>.png`): rows student, truth, truth through the VAE; a frame every second.
+`forward_pooled` gives the forward accuracy over all seeds' moving steps in the time ranges that
+`--pool` splits the session into (default 0-4 s, while the start image's frames are still in the
+stream's 15-latent-frame window; 4-16 s; 16 s on). With `--strip`, each seed's segment that the
+student follows worst is drawn as a PNG (`<strip>_s<seed>.png`): rows student, truth, truth
+through the VAE; a frame every second.
 
     python benchmarks/world/following_over_time.py --student lingbot_rt/world/weights/student \
         --seeds 0-3 --seconds 120 --out runs/following_over_time.json
@@ -86,6 +89,25 @@ def weakest_strip(rows: list[dict], sources: dict[str, np.ndarray], segment: int
         [np.concatenate([frames[i] for i in picks], 1) for frames in sources.values()], 0)
 
 
+def pooled_forward(per_seed: dict, splits: list[int], seconds: int) -> list[dict]:
+    """Forward accuracy over all seeds' moving steps in each time range [0, s1), [s1, s2), ...,
+    [sn, seconds) (`splits` in seconds, on segment starts), per source: each segment weighted
+    by its moving steps, so that a few steps in one seed's segment count as few; with the
+    student's moving steps counted."""
+    bounds, ranges = [0, *splits, seconds], []
+    for low, high in zip(bounds, bounds[1:]):
+        row = {"seconds": [low, high]}
+        for name in SOURCES:
+            rows = [r for s in per_seed.values() for r in s[name]
+                    if low <= r["second"] < high and r["forward"] is not None]
+            steps = sum(r["moving_steps"] for r in rows)
+            row[name] = round(sum(r["forward"] * r["moving_steps"] for r in rows) / steps, 4) if steps else None
+            if name == "student":
+                row["moving_steps"] = steps
+        ranges.append(row)
+    return ranges
+
+
 def mean_of(rows: list[dict], key: str) -> float:
     values = [r[key] for r in rows if r[key] is not None]
     return round(float(np.mean(values)), 4) if values else None
@@ -103,11 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--map-seed", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--pool", default="4,16",
+                    help="seconds that split the session into ranges for `pooled_forward` (comma-separated)")
     ap.add_argument("--strip", help="path prefix: draw each seed's worst-followed segment (<strip>_s<seed>.png)")
     args = ap.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     if args.seconds < args.segment or args.seconds % args.segment:
         ap.error(f"--seconds must be a positive multiple of --segment ({args.segment}), got {args.seconds}")
+    splits = [int(v) for v in args.pool.split(",")] if args.pool else []
+    if any(v % args.segment or not 0 < v < args.seconds for v in splits) or splits != sorted(set(splits)):
+        ap.error(f"--pool must be rising multiples of --segment ({args.segment}) inside the session, got {args.pool}")
 
     probe = load_probe(args.probe, args.device)
     schedule = student_schedule(args.student)
@@ -144,13 +171,17 @@ def main(argv: list[str] | None = None) -> int:
                   for i in range(args.seconds // args.segment)]
     result = {"student": args.student, "action_guidance": schedule.action_guidance, "probe": args.probe, "seeds": seeds, "seconds": args.seconds,
               "segment_seconds": args.segment, "map_seed": args.map_seed, "device": args.device,
-              "mean": summary, "forward_by_segment": by_segment, "per_seed": per_seed}
+              "mean": summary, "forward_by_segment": by_segment,
+              "forward_pooled": pooled_forward(per_seed, splits, args.seconds), "per_seed": per_seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print("second  " + "  ".join(SOURCES))
     for row in by_segment:
         print(f"{row['second']:6d}  " + "  ".join(f"{row[name]:.3f}" if row[name] is not None else "  -  "
                                                   for name in SOURCES))
+    for row in result["forward_pooled"]:
+        print(f"{row['seconds'][0]}-{row['seconds'][1]} s, {row['moving_steps']} moving steps: forward "
+              + ", ".join(f"{n} {row[n]}" for n in SOURCES))
     print("mean forward / yaw / forward along the keys / stalled: "
           + ", ".join(f"{n} {' / '.join(str(v) for v in summary[n].values())}" for n in SOURCES))
     return 0

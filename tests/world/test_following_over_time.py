@@ -59,3 +59,21 @@ def test_the_strip_draws_the_worst_followed_segment_of_every_source():
     assert (strip[:2, :3] == frames[2]).all() and (strip[2:, 3:] == 255 - frames[3]).all()
     with pytest.raises(ValueError, match="no segment moves"):
         following_over_time.weakest_strip([{"second": 0, "forward": None}], {"a": frames}, 2, 1)
+
+
+def test_pooled_forward_weighs_each_segment_by_its_moving_steps():
+    def rows(*segments):
+        return [{"second": second, "forward": forward, "moving_steps": steps} for second, forward, steps in segments]
+    per_seed = {s: {"student": rows((0, 1.0, 10), (4, 0.5, 30), (8, forward, steps)),
+                    "truth": rows((0, 1.0, 10), (4, 1.0, 30), (8, 1.0, steps)),
+                    "truth_through_vae": rows((0, None, 0), (4, None, 0), (8, None, 0))}
+                for s, forward, steps in ((0, 0.0, 10), (1, None, 0))}
+    pooled = following_over_time.pooled_forward(per_seed, [4], 12)
+    assert pooled == [{"seconds": [0, 4], "student": 1.0, "truth": 1.0, "truth_through_vae": None, "moving_steps": 20},
+                      {"seconds": [4, 12], "student": 0.4286, "truth": 1.0, "truth_through_vae": None, "moving_steps": 70}]
+
+
+def test_a_pool_split_off_the_segments_is_refused_before_anything_loads():
+    with pytest.raises(SystemExit):
+        following_over_time.main(["--student", "nowhere", "--seconds", "60", "--segment", "4", "--pool", "6",
+                                  "--out", "unused.json"])
