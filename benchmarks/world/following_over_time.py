@@ -7,10 +7,10 @@ VAE-passed truth lost it in the DiT, not in the decoder. Each segment also gives
 frames move the way the keys walk (`forward_along`) and the fraction of moving steps whose
 frames stand still (`stalled`): a step can be missed by moving the wrong way or by not moving.
 `forward_pooled` gives the forward accuracy over all seeds' moving steps in the time ranges that
-`--pool` splits the session into (default 0-4 s, while the start image's frames are still in the
-stream's 15-latent-frame window; 4-16 s; 16 s on). With `--strip`, each seed's segment that the
-student follows worst is drawn as a PNG (`<strip>_s<seed>.png`): rows student, truth, truth
-through the VAE; a frame every second.
+`--pool` splits the session into (default 0-4 s, while every frame since the start image is
+still in the stream's attention, sink and window: its first 21 latent frames, 5 s; 4-16 s; 16 s
+on). With `--strip`, each seed's segment that the student follows worst is drawn as a PNG
+(`<strip>_s<seed>.png`): rows student, truth, truth through the VAE; a frame every second.
 
     python benchmarks/world/following_over_time.py --student lingbot_rt/world/weights/student \
         --seeds 0-3 --seconds 120 --out runs/following_over_time.json
