@@ -74,6 +74,7 @@ def summarise(rows: list[dict]) -> dict:
     gap = [r["gap"] for r in rows]
     near = [r["near_wall"] for r in rows]
     median = float(np.median(near))
+    above = [g for g, n in zip(gap, near) if n > median]      # empty when most minutes share the median
     minutes = sorted({r["minute"] for r in rows})
     return {
         "seed_minutes": len(rows),
@@ -82,7 +83,7 @@ def summarise(rows: list[dict]) -> dict:
                                  for key in ("near_wall", "median_ahead", "minute", "sharpness_ratio", "contrast_ratio")},
         "mean_gap_by_near_wall": {
             "at_or_below_median": round(float(np.mean([g for g, n in zip(gap, near) if n <= median])), 4),
-            "above_median": round(float(np.mean([g for g, n in zip(gap, near) if n > median] or [np.nan])), 4),
+            "above_median": round(float(np.mean(above)), 4) if above else None,
             "median_near_wall": round(median, 4)},
         "mean_gap_per_minute": [round(float(np.mean([r["gap"] for r in rows if r["minute"] == m])), 4) for m in minutes],
         "worst": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}

@@ -37,3 +37,10 @@ def test_summary_of_a_gap_that_goes_with_close_walls():
     assert s["mean_gap_by_near_wall"] == {"at_or_below_median": -0.05, "above_median": -0.35, "median_near_wall": 0.2}
     assert s["mean_gap_per_minute"] == [-0.25, -0.15]
     assert [r["gap"] for r in s["worst"]] == [-0.4, -0.3, -0.1, 0.0]
+
+
+def test_no_minute_above_the_median_reads_none():
+    s = following_gap.summarise(rows([-0.2, -0.1, 0.0], [0.0, 0.0, 0.3]))
+    assert s["mean_gap_by_near_wall"]["above_median"] == 0.0
+    assert following_gap.summarise(rows([-0.2, -0.1], [0.1, 0.1]))["mean_gap_by_near_wall"] == {
+        "at_or_below_median": -0.15, "above_median": None, "median_near_wall": 0.1}
