@@ -11,6 +11,9 @@ frames stand still (`stalled`): a step can be missed by moving the wrong way or 
 still in the stream's attention, sink and window: its first 21 latent frames, 5 s; 4-16 s; 16 s
 on). With `--strip`, each seed's segment that the student follows worst is drawn as a PNG
 (`<strip>_s<seed>.png`): rows student, truth, truth through the VAE; a frame every second.
+`--start S` begins every stream S seconds into its scripted walk, from the world's view there:
+whether the first seconds are followed well because of the keys there or because the stream's
+attention still holds true frames.
 
     python benchmarks/world/following_over_time.py --student lingbot_rt/world/weights/student \
         --seeds 0-3 --seconds 120 --out runs/following_over_time.json
@@ -30,6 +33,7 @@ from tqdm import tqdm
 from lingbot_rt.world.evaluate import FORWARD_MOVING, FPS, direction_accuracy, motions
 from lingbot_rt.world.long_rollout import ScriptedSession, parse_seeds, render_minute, stream_blocks, through_vae
 from lingbot_rt.world.map import generate_map, spawn_pose
+from lingbot_rt.world.players import play
 from lingbot_rt.world.pose_probe import load_probe
 from lingbot_rt.world.renderer import Renderer
 from lingbot_rt.distillation.config import student_schedule
@@ -127,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--pool", default="4,16",
                     help="seconds that split the session into ranges for `pooled_forward` (comma-separated)")
+    ap.add_argument("--start", type=int, default=0,
+                    help="seconds into the scripted walk at which the stream begins, from the world's view there")
     ap.add_argument("--strip", help="path prefix: draw each seed's worst-followed segment (<strip>_s<seed>.png)")
     args = ap.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     if args.seconds < args.segment or args.seconds % args.segment:
         ap.error(f"--seconds must be a positive multiple of --segment ({args.segment}), got {args.seconds}")
+    if args.start < 0:
+        ap.error(f"--start must be >= 0 seconds, got {args.start}")
     splits = [int(v) for v in args.pool.split(",")] if args.pool else []
     if any(v % args.segment or not 0 < v < args.seconds for v in splits) or splits != sorted(set(splits)):
         ap.error(f"--pool must be rising multiples of --segment ({args.segment}) inside the session, got {args.pool}")
@@ -144,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = world_streaming(args.student, device=args.device, config=config)
     world = generate_map(args.map_seed)
     renderer, intrinsics = Renderer(world), world.config.intrinsics(pipeline.height, pipeline.width)
-    image = renderer.render(spawn_pose(world, 0)[None], intrinsics, pipeline.height, pipeline.width)[0].numpy()
-    num_frames = args.seconds * FPS + 1
-    players = [ScriptedSession(pipeline, world, image, seed, num_frames) for seed in seeds]
+    num_frames, start = args.seconds * FPS + 1, args.start * FPS
+
+    def view(seed: int) -> np.ndarray:     # the world's view where the seed's stream begins
+        pose = play(world, spawn_pose(world, 0), start + 1, seed)[1][start]
+        return renderer.render(pose[None], intrinsics, pipeline.height, pipeline.width)[0].numpy()
+
+    players = [ScriptedSession(pipeline, world, view(seed), seed, num_frames, start=start) for seed in seeds]
     try:
         generated = stream_frames(pipeline, players)
     finally:
@@ -169,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     by_segment = [{"second": i * args.segment,
                    **{name: mean_of([s[name][i] for s in per_seed.values()], "forward") for name in SOURCES}}
                   for i in range(args.seconds // args.segment)]
-    result = {"student": args.student, "action_guidance": schedule.action_guidance, "probe": args.probe, "seeds": seeds, "seconds": args.seconds,
+    result = {"student": args.student, "action_guidance": schedule.action_guidance, "probe": args.probe, "seeds": seeds,
+              "start_second": args.start, "seconds": args.seconds,
               "segment_seconds": args.segment, "map_seed": args.map_seed, "device": args.device,
               "mean": summary, "forward_by_segment": by_segment,
               "forward_pooled": pooled_forward(per_seed, splits, args.seconds), "per_seed": per_seed}

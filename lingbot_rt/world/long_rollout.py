@@ -202,13 +202,15 @@ def parse_seeds(text: str) -> list[int]:
 
 class ScriptedSession:
     """One scripted player of a long rollout: its keys from the map's spawn view, the world's
-    poses along them, its stream's session, and its minutes as they close."""
+    poses along them, its stream's session, and its minutes as they close. With `start` > 0 the
+    stream begins `start` frames into the scripted walk (`image` is then the world's view there)."""
 
     def __init__(self, pipeline: StreamingInference, world, image: np.ndarray, seed: int, num_frames: int,
-                 noise_draw: int = 0):
+                 noise_draw: int = 0, start: int = 0):
         self.seed, self.num_frames, self.noise_draw = seed, num_frames, noise_draw
-        keys, self.world_poses = play(world, spawn_pose(world, 0), num_frames, seed)   # world_poses[i]: frame i
-        self.actions = ScriptedActions(keys[1:])
+        keys, poses = play(world, spawn_pose(world, 0), start + num_frames, seed)
+        self.world_poses = poses[start:]                                   # world_poses[i]: the stream's frame i
+        self.actions = ScriptedActions(keys[start + 1:])
         self.session = pipeline.open_session(image, world.prompt, noise_seed(seed, noise_draw))
         self.frames, self.poses, self.per_minute, self.thumbs = [], [], [], []
 

@@ -73,7 +73,9 @@ def test_pooled_forward_weighs_each_segment_by_its_moving_steps():
                       {"seconds": [4, 12], "student": 0.4286, "truth": 1.0, "truth_through_vae": None, "moving_steps": 70}]
 
 
-def test_a_pool_split_off_the_segments_is_refused_before_anything_loads():
+@pytest.mark.parametrize("bad", [["--pool", "6"], ["--pool", "16,4"], ["--start", "-1"]])
+def test_a_pool_split_off_the_segments_or_a_negative_start_is_refused_before_anything_loads(bad, capsys):
     with pytest.raises(SystemExit):
-        following_over_time.main(["--student", "nowhere", "--seconds", "60", "--segment", "4", "--pool", "6",
+        following_over_time.main(["--student", "nowhere", "--seconds", "60", "--segment", "4", *bad,
                                   "--out", "unused.json"])
+    assert f"{bad[0]} must be" in capsys.readouterr().err

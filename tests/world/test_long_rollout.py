@@ -217,3 +217,21 @@ def test_the_truth_through_the_vae_is_the_truth_as_the_stream_decodes_it():
     longer = render_minute(renderer, intrinsics, poses[:41], pipeline.height, pipeline.width)
     chunked, whole = (through_vae(pipeline, longer, chunk=c).astype(int) for c in (3, 64))
     assert chunked.shape == whole.shape and np.abs(chunked - whole).max() <= 1 and (chunked != whole).mean() < 1e-4
+
+
+def test_a_session_started_into_the_walk_holds_its_poses_and_keys_from_there():
+    """`ScriptedSession(start=k)`: the stream's frame i is the walk's frame k + i, and the key
+    that moves it to frame i is the walk's key k + i."""
+    from lingbot_rt.distillation.config import student_schedule
+    from lingbot_rt.world.long_rollout import ScriptedSession
+    from lingbot_rt.world.shipped import shipped_student_dir
+    from lingbot_rt.world.stream import world_streaming
+    pipeline = world_streaming(shipped_student_dir(), config=world_stream_config(
+        student_schedule(shipped_student_dir()), max_sessions=2))
+    world = generate_map(7)
+    keys, poses = play(world, spawn_pose(world, 0), 200 + 49, 5)
+    image = np.zeros((pipeline.height, pipeline.width, 3), np.uint8)
+    late, early = (ScriptedSession(pipeline, world, image, 5, 49, start=s) for s in (200, 0))
+    assert np.array_equal(late.world_poses, poses[200:]) and np.array_equal(early.world_poses, poses[:49])
+    assert np.array_equal(late.actions.block(1, 48), keys[201:]) and np.array_equal(early.actions.block(1, 48), keys[1:49])
+    assert not np.array_equal(late.actions.block(1, 48), early.actions.block(1, 48))
