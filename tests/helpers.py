@@ -1,6 +1,9 @@
 """Tiny models and inputs for the model tests (no downloads, CPU, fp32)."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 
 from lingbot_rt.model import CausalWanModel, model_config
@@ -30,3 +33,15 @@ def make_inputs(model, batch=1, frames=6, height=4, width=4, seed=1, prompt_len=
 def frames(t, start, stop):
     """Latent frames [start, stop) of a [B, C, F, H, W] tensor (None stays None)."""
     return None if t is None else t[:, :, start:stop]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str):
+    """A script that is not in a package (benchmarks/, demo/, deploy/), loaded as a module named
+    after its file, from its path relative to the repository root."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

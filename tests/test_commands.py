@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from lingbot_rt.cli import main
 from lingbot_rt.pipeline import StreamingInference
 from lingbot_rt.pipeline.tiny_checkpoint import make_tiny_checkpoint
 from lingbot_rt.pipeline.video import read_video
+from tests.helpers import load_script
 from tests.test_streaming import start_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,15 +67,8 @@ def test_serve_with_ray_stages_refuses_a_device(release, capsys):
     assert "Ray places the two stage actors" in capsys.readouterr().err
 
 
-def load_demo():
-    spec = importlib.util.spec_from_file_location("wasd_demo", REPO / "demo" / "wasd_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_browser_demo_serves_the_page_takes_keys_and_streams_jpeg(release):
-    demo = load_demo()
+    demo = load_script("demo/wasd_demo.py")
     pipeline = StreamingInference.from_release(release)
     server = demo.build_server(pipeline, start_image(), "a forest", "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

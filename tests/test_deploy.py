@@ -9,7 +9,6 @@ Ray cluster launcher config matches the schema in Ray's wheel; hadolint passes t
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import shutil
@@ -28,6 +27,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from lingbot_rt.cli import build_parser, cmd_web
 from lingbot_rt.services.metrics import ServingMetrics
+from tests.helpers import load_script
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -223,17 +223,10 @@ def test_kubernetes_objects_match_kubernetes_schemas():
     assert kubernetes_validate_errors(typo) and "readinessprobe" in kubernetes_validate_errors(typo)[0]
 
 
-def load_sync_script():
-    spec = importlib.util.spec_from_file_location("sync_serve_config", DEPLOY / "kuberay" / "sync_serve_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_rayservice_runs_the_serve_config_verbatim():
     manifest, serve_config = RAYSERVICE.read_text(), SERVE_CONFIG.read_text()
     assert kubernetes_objects()["RayService"]["spec"]["serveConfigV2"] == serve_config
-    sync = load_sync_script()
+    sync = load_script("deploy/kuberay/sync_serve_config.py")
     assert sync.render(manifest, serve_config) == manifest, "run python deploy/kuberay/sync_serve_config.py"
     edited = serve_config.replace("max_sessions: 4", "max_sessions: 2")
     assert yaml.safe_load(sync.render(manifest, edited).split("---")[0])["spec"]["serveConfigV2"] == edited

@@ -1,20 +1,16 @@
 """`benchmarks/world/another_map.py`: a seed's keys replayed in their map give its walk, and in
 another map the same turns and looks from that map's start view; its report scores the other
 map's frames against the played map's truth; the played map itself only through the VAE."""
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.players import play
+from tests.helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "world" / "another_map.py"
-spec = importlib.util.spec_from_file_location("another_map", SCRIPT)
-another_map = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(another_map)
+another_map = load_script("benchmarks/world/another_map.py")
 
 
 def test_replayed_keys_walk_the_same_path_in_their_map_and_turn_alike_in_another():

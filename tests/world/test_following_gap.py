@@ -1,17 +1,13 @@
 """`benchmarks/world/following_gap.py`: the distance ahead of a pose facing a wall and of one
 facing away from it, and the summary of hand-made seed-minutes whose gap goes with their
 close-wall frames."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 
 from lingbot_rt.world.map import FREE, generate_map, pose_at
+from tests.helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "world" / "following_gap.py"
-spec = importlib.util.spec_from_file_location("following_gap", SCRIPT)
-following_gap = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(following_gap)
+following_gap = load_script("benchmarks/world/following_gap.py")
 
 
 def test_distance_ahead_of_a_wall_and_away_from_it():

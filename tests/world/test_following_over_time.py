@@ -1,7 +1,5 @@
 """`benchmarks/world/following_over_time.py`: how far frames move along the keys, and how many
 moving steps stand still, from the probe's motions against the commanded ones."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +9,9 @@ from lingbot_rt.world.evaluate import FORWARD_MOVING
 from lingbot_rt.world.map import generate_map, spawn_pose
 from lingbot_rt.world.players import play
 from lingbot_rt.world.pose_probe import GAP, relative_motion
+from tests.helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "world" / "following_over_time.py"
-spec = importlib.util.spec_from_file_location("following_over_time", SCRIPT)
-following_over_time = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(following_over_time)
+following_over_time = load_script("benchmarks/world/following_over_time.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,12 @@
 """`benchmarks/world/noise_draws.py` on hand-made reports: the shuffled pass rate of minutes
 that never move is 1 and of a minute far from the rest is 0; draws of different seeds are refused."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "world" / "noise_draws.py"
-spec = importlib.util.spec_from_file_location("noise_draws", SCRIPT)
-noise_draws = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(noise_draws)
+noise_draws = load_script("benchmarks/world/noise_draws.py")
 
 STATS = {"mean_intensity": 0.4, "contrast": 0.12, "sharpness": 0.006, "yaw_direction_accuracy": 0.98,
          "forward_direction_accuracy": 0.85}
